@@ -1,0 +1,78 @@
+"""One tidy table of every run, and the essential sparsity of every curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from sparselab.grid import Run
+from sparselab.io import atomic_path, read_json
+
+CURVE = ["model", "task", "method", "allocation", "structure", "recipe"]
+STAGES = ("pruned", "finetuned")
+
+
+def eval_path(results: Path, run: Run, stage: str) -> Path:
+    """Where a run's evaluation of `stage` lives; a dense point's pruned stage is the dense model."""
+    if run.dense:
+        return results / "eval" / run.key / "finetuned.json"
+    return results / "eval" / run.key / f"{stage}.json"
+
+
+def collect_runs(runs: list[Run], results: Path) -> pd.DataFrame:
+    """Rows of (run, stage, metric, value) with the dense value of the same model/task/recipe/seed."""
+    rows = []
+    for run in runs:
+        dense = read_json(results / "eval" / run.dense_key / "finetuned.json")
+        for stage in STAGES:
+            record = read_json(eval_path(results, run, stage))
+            for metric, value in record["metrics"].items():
+                rows.append({
+                    **run.as_dict(),
+                    "achieved_sparsity": record["achieved_sparsity"],
+                    "stage": stage,
+                    "metric": metric,
+                    "headline": metric == record["headline_metric"],
+                    "value": value,
+                    "dense_value": dense["metrics"][metric],
+                    "trainable_params": record["trainable_params"],
+                    "nonzero_params": record["nonzero_params"],
+                    "latency_ms": record["latency_ms"],
+                    "wall_seconds": record["wall_seconds"],
+                })
+    return pd.DataFrame(rows)
+
+
+def essential_sparsity(table: pd.DataFrame, epsilon: float) -> pd.DataFrame:
+    """Per curve and stage: the largest sparsity whose mean headline metric is within epsilon of dense.
+
+    Means are over seeds. `epsilon` is absolute in metric units (0.01 = 1 point of accuracy), as in
+    the essential-sparsity paper. A curve with no point within epsilon besides s = 0 gets 0.
+    """
+    headline = table[table["headline"]]
+    means = headline.groupby(CURVE + ["stage", "metric", "sparsity"], as_index=False)[["value", "dense_value"]].mean()
+    rows = []
+    for key, curve in means.groupby(CURVE + ["stage", "metric"]):
+        dense_value = curve["dense_value"].iloc[0]
+        within = curve[curve["value"] >= dense_value - epsilon]
+        rows.append({
+            **dict(zip(CURVE + ["stage", "metric"], key)),
+            "dense_value": dense_value,
+            "epsilon": epsilon,
+            "essential_sparsity": float(within["sparsity"].max()) if len(within) else 0.0,
+            "max_sparsity_tested": float(curve["sparsity"].max()),
+        })
+    return pd.DataFrame(rows)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def aggregate_stage(runs: list[dict], results: Path, runs_csv: Path, essential_csv: Path, epsilon: float) -> None:
+    """Write results/tables/runs.csv and results/tables/essential_sparsity.csv."""
+    table = collect_runs([Run(**r) for r in runs], results)
+    write_csv(table, runs_csv)
+    write_csv(essential_sparsity(table, epsilon), essential_csv)

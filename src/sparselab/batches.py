@@ -1,0 +1,85 @@
+"""Tokenized examples and padded batches for training, evaluation and calibration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+
+@dataclass
+class Encoded:
+    """A tokenized split: one list of token ids per example, plus labels (int or float)."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    labels: list[float]
+    pad_token_id: int
+    regression: bool
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode(rows: list[dict], tokenizer, text_fields: list[str], max_length: int, regression: bool) -> Encoded:
+    """Tokenize rows (text, optional text_pair) without padding; batches are padded on the fly.
+
+    token_type_ids are kept: the essential-sparsity code never passed them, which hurts
+    sentence-pair tasks (methods.md, section 1).
+    """
+    texts = [row[text_fields[0]] for row in rows]
+    pairs = [row[text_fields[1]] for row in rows] if len(text_fields) > 1 else None
+    tokens = tokenizer(texts, pairs, truncation=True, max_length=max_length, return_token_type_ids=True)
+    return Encoded(
+        input_ids=tokens["input_ids"],
+        token_type_ids=tokens["token_type_ids"],
+        labels=[row["label"] for row in rows],
+        pad_token_id=tokenizer.pad_token_id,
+        regression=regression,
+    )
+
+
+def collate(data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
+    """Pad the chosen examples to the longest among them. Returns (batch, length) tensors + labels."""
+    length = max(len(data.input_ids[i]) for i in indices)
+    input_ids = torch.full((len(indices), length), data.pad_token_id, dtype=torch.long)
+    token_type_ids = torch.zeros((len(indices), length), dtype=torch.long)
+    attention_mask = torch.zeros((len(indices), length), dtype=torch.long)
+    for row, i in enumerate(indices):
+        ids = data.input_ids[i]
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        token_type_ids[row, : len(ids)] = torch.tensor(data.token_type_ids[i])
+        attention_mask[row, : len(ids)] = 1
+    label_dtype = torch.float32 if data.regression else torch.long
+    labels = torch.tensor([data.labels[i] for i in indices], dtype=label_dtype)
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def iterate_batches(
+    data: Encoded, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches in a shuffled order drawn from `generator`, or in file order when it is None."""
+    order = torch.randperm(len(data), generator=generator).tolist() if generator is not None else list(range(len(data)))
+    for start in range(0, len(order), batch_size):
+        yield collate(data, order[start : start + batch_size])
+
+
+@dataclass
+class CalibrationData:
+    """Labelled training rows that data-driven scorers draw calibration batches from."""
+
+    rows: list[dict]
+    tokenizer: object
+    text_fields: list[str]
+    regression: bool
+    seed: int
+
+    def batches(self, num_batches: int, batch_size: int, max_length: int) -> Iterator[dict[str, torch.Tensor]]:
+        """`num_batches` shuffled batches (fewer if the rows run out), the same for the same seed."""
+        data = encode(self.rows, self.tokenizer, self.text_fields, max_length, self.regression)
+        generator = torch.Generator().manual_seed(self.seed)
+        for index, batch in enumerate(iterate_batches(data, batch_size, generator)):
+            if index == num_batches:
+                return
+            yield batch

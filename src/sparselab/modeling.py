@@ -1,0 +1,46 @@
+"""Loading models and tokenizers from fetched folders, and choosing the device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load_classifier(model_dir: str | Path, task: dict, seed: int) -> nn.Module:
+    """A sequence classifier from `model_dir` with a head for the task (task.json).
+
+    The head of a pretrained model is new: seeding before loading makes its initialisation, and so
+    the whole run, reproducible. Weights load from safetensors only (no pickle).
+    """
+    torch.manual_seed(seed)
+    regression = task["labels"] is None
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir),
+        num_labels=task["num_labels"],
+        problem_type="regression" if regression else "single_label_classification",
+        use_safetensors=True,
+        trust_remote_code=False,
+    )
+
+
+def load_tokenizer(model_dir: str | Path):
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+
+
+def pick_device() -> torch.device:
+    """CUDA when it is really usable, else CPU (a GPU job that landed on a CPU node says so)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    log.info("CUDA is not available: running on CPU")
+    return torch.device("cpu")
+
+
+def configure_threads(threads: int) -> None:
+    """Use exactly the cores the job was given; results on CPU depend on the thread count."""
+    torch.set_num_threads(max(1, threads))

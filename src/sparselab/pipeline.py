@@ -1,0 +1,165 @@
+"""The workflow's stages as plain functions: each rule script is a one-call adapter to one of them.
+
+Stages read their inputs from files, get every setting as an argument (never from params.yaml)
+and write their outputs atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparselab.batches import CalibrationData, encode
+from sparselab.data import load_split, load_task
+from sparselab.evaluate import count_zeros, latency_ms, task_metrics
+from sparselab.fetch import verify_record
+from sparselab.finetune import recipe_from_config, train
+from sparselab.io import atomic_path, load_masks, load_tensors, read_json, save_masks, save_tensors, write_json
+from sparselab.masks import Structure, build_masks, sparsity_report
+from sparselab.modeling import configure_threads, load_classifier, load_tokenizer, pick_device
+from sparselab.prunable import select_prunable
+from sparselab.scoring import SCORERS, ScoringContext
+
+
+def compute_scores(model: nn.Module, method: dict, prunable: dict, data_dir: Path, model_dir: Path, seed: int) -> dict[str, torch.Tensor]:
+    """Scores of the method (`{scorer: name, **hyper-parameters}`) for every prunable matrix."""
+    scorer_class = SCORERS.get(method["scorer"])
+    scorer = scorer_class(**{k: v for k, v in method.items() if k != "scorer"})
+    calibration = None
+    if scorer_class.needs_data:
+        task = load_task(data_dir)
+        calibration = CalibrationData(load_split(data_dir, "train"), load_tokenizer(model_dir),
+                                      task["text_fields"], task["labels"] is None, seed)
+    context = ScoringContext(
+        model=model.eval(),
+        prunable=select_prunable(model, prunable["include"], prunable["exclude"]),
+        calibration=calibration,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return scorer.score(context)
+
+
+def score_stage(model_dir: Path, data_dir: Path, out_path: Path, method: dict, prunable: dict, seed: int, threads: int) -> None:
+    """Score the pretrained model: the input of one-shot pruning before fine-tuning."""
+    configure_threads(threads)
+    verify_record(model_dir)
+    model = load_classifier(model_dir, load_task(data_dir), seed)
+    scores = compute_scores(model, method, prunable, data_dir, model_dir, seed)
+    save_tensors(out_path, scores, metadata={"method": json.dumps(method, sort_keys=True)})
+
+
+def prune_stage(scores_path: Path, mask_path: Path, report_path: Path, sparsity: float, allocation: str, structure: str) -> None:
+    """Scores -> masks, with the requested-vs-achieved sparsity report."""
+    scores = load_tensors(scores_path)
+    parsed = Structure.parse(structure)
+    masks = build_masks(scores, sparsity, allocation, parsed)
+    report = sparsity_report(masks, sparsity, allocation, parsed)
+    save_masks(mask_path, masks)
+    write_json(report_path, report)
+
+
+def finetune_stage(
+    model_dir: Path, data_dir: Path, mask_path: Path | None, out_dir: Path, recipe: dict, seed: int, threads: int
+) -> None:
+    """Fine-tune the pretrained model (masked if a mask is given) and save checkpoint, log, metrics."""
+    configure_threads(threads)
+    verify_record(model_dir)
+    verify_record(data_dir)
+    task = load_task(data_dir)
+    parsed_recipe = recipe_from_config(recipe)
+    rows = load_split(data_dir, "train")[: parsed_recipe.max_train_examples]
+    data = encode(rows, load_tokenizer(model_dir), task["text_fields"], parsed_recipe.max_length, task["labels"] is None)
+    model = load_classifier(model_dir, task, seed)
+    masks = load_masks(mask_path) if mask_path else None
+    device = pick_device()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "train_log.csv") as log_tmp:
+        result = train(model, data, parsed_recipe, seed, device, log_tmp, masks)
+    model.to("cpu")
+    with atomic_path(out_dir / "config.json") as config_tmp:
+        model.config.to_json_file(str(config_tmp))
+    save_tensors(out_dir / "model.safetensors", dict(model.state_dict()), metadata={"format": "pt"})
+    write_json(out_dir / "train_metrics.json", {
+        "steps": result.steps,
+        "train_examples": len(data),
+        "final_train_loss": result.final_train_loss,
+        "wall_seconds": result.wall_seconds,
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
+        "device": device.type,
+        "threads": threads,
+        "torch": torch.__version__,
+    })
+
+
+def _evaluation_record(model: nn.Module, model_dir: Path, data_dir: Path, prunable: dict, evaluation: dict, max_length: int) -> dict:
+    """Task metrics on the evaluation split, the recounted sparsity and the model's size and speed."""
+    task = load_task(data_dir)
+    rows = load_split(data_dir, task["eval_split"])
+    data = encode(rows, load_tokenizer(model_dir), task["text_fields"], max_length, task["labels"] is None)
+    device = pick_device()
+    metrics = task_metrics(model, data, task["metrics"], evaluation["batch_size"], device)
+    weights = {n: p.detach() for n, p in select_prunable(model, prunable["include"], prunable["exclude"]).items()}
+    zeros, prunable_total = count_zeros(weights)
+    all_zeros, total = count_zeros({n: p.detach() for n, p in model.named_parameters()})
+    return {
+        "metrics": metrics,
+        "headline_metric": task["metrics"][0],
+        "eval_split": task["eval_split"],
+        "eval_examples": len(data),
+        "achieved_sparsity": zeros / prunable_total,
+        "prunable_params": prunable_total,
+        "total_params": total,
+        "nonzero_params": total - all_zeros,
+        "latency_ms": latency_ms(model, evaluation["latency_batch_size"], max_length,
+                                 evaluation["latency_repeats"], device),
+        "latency_batch": [evaluation["latency_batch_size"], max_length],
+    }
+
+
+def evaluate_finetuned_stage(
+    checkpoint_dir: Path, model_dir: Path, data_dir: Path, out_path: Path, prunable: dict,
+    evaluation: dict, max_length: int, threads: int,
+) -> None:
+    """Evaluate a fine-tuned checkpoint as saved (the sparsity is recounted from its weights)."""
+    configure_threads(threads)
+    train_metrics = read_json(checkpoint_dir / "train_metrics.json")
+    model = load_classifier(checkpoint_dir, load_task(data_dir), seed=0)
+    record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length)
+    record.update(
+        stage="finetuned",
+        file_bytes=(checkpoint_dir / "model.safetensors").stat().st_size,
+        trainable_params=train_metrics["trainable_params"],
+        wall_seconds=train_metrics["wall_seconds"],
+        final_train_loss=train_metrics["final_train_loss"],
+    )
+    write_json(out_path, record)
+
+
+def evaluate_oneshot_stage(
+    dense_dir: Path, model_dir: Path, data_dir: Path, out_path: Path, method: dict, prunable: dict,
+    allocation: str, structure: str, sparsity: float, seed: int, evaluation: dict, max_length: int, threads: int,
+) -> None:
+    """The 'without fine-tuning' reference: the dense fine-tuned model pruned one-shot, not retrained."""
+    configure_threads(threads)
+    start = time.perf_counter()
+    model = load_classifier(dense_dir, load_task(data_dir), seed=0)
+    scores = compute_scores(model, method, prunable, data_dir, model_dir, seed)
+    parsed = Structure.parse(structure)
+    masks = build_masks(scores, sparsity, allocation, parsed)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask.to(params[name].dtype))
+    record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length)
+    record.update(
+        stage="pruned",
+        requested_sparsity=sparsity,
+        trainable_params=0,
+        wall_seconds=time.perf_counter() - start,
+    )
+    write_json(out_path, record)

@@ -1,0 +1,6 @@
+"""Scoring methods, one file each; importing this package registers all of them."""
+
+from sparselab.scoring import magnitude, random  # noqa: F401  (registration side effect)
+from sparselab.scoring.base import SCORERS, Scorer, ScoringContext
+
+__all__ = ["SCORERS", "Scorer", "ScoringContext"]

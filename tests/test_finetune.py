@@ -1,0 +1,78 @@
+"""Fine-tuning with a fixed mask: pruned weights and their optimizer state stay exactly zero."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from sparselab.batches import Encoded
+from sparselab.finetune import Recipe, lr_factor, train
+from sparselab.masks import Structure, build_masks
+from sparselab.prunable import select_prunable
+
+
+def toy_data(n=24, length=10, seed=0) -> Encoded:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 120, (n, length), generator=g)
+    labels = (ids[:, 1] > 60).long()  # learnable from one token
+    return Encoded(ids.tolist(), [[0] * length] * n, labels.tolist(), pad_token_id=0, regression=False)
+
+
+def masked_model(model, prunable, sparsity=0.6):
+    chosen = select_prunable(model, prunable["include"], prunable["exclude"])
+    return build_masks({n: p.detach().abs() for n, p in chosen.items()}, sparsity, "global", Structure())
+
+
+def test_pruned_weights_and_adam_state_stay_zero(tiny_bert, bert_prunable, tmp_path):
+    masks = masked_model(tiny_bert, bert_prunable)
+    recipe = Recipe(epochs=2, batch_size=8, learning_rate=1e-2, weight_decay=0.1)
+    captured = {}
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        captured["optimizer"] = self
+        return out
+
+    torch.optim.AdamW.step = spy
+    try:
+        result = train(tiny_bert, toy_data(), recipe, seed=0, device=torch.device("cpu"), log_path=tmp_path / "log.csv", masks=masks)
+    finally:
+        torch.optim.AdamW.step = real_step
+    params = dict(tiny_bert.named_parameters())
+    optimizer = captured["optimizer"]
+    for name, mask in masks.items():
+        weight = params[name]
+        assert (weight[~mask] == 0).all(), f"{name}: a pruned weight moved"
+        assert (weight[mask] != 0).all(), f"{name}: a kept weight is zero"
+        state = optimizer.state[weight]
+        assert (state["exp_avg"][~mask] == 0).all() and (state["exp_avg_sq"][~mask] == 0).all()
+    assert result.steps == 6
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    assert result.trainable_params == result.total_params - pruned
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+
+
+def test_training_learns_and_is_deterministic(tiny_bert, bert_prunable, tmp_path):
+    recipe = Recipe(epochs=3, batch_size=8, learning_rate=5e-3)
+    state = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+    first = train(tiny_bert, toy_data(), recipe, 0, torch.device("cpu"), tmp_path / "a.csv")
+    weights_first = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+    tiny_bert.load_state_dict(state)
+    second = train(tiny_bert, toy_data(), recipe, 0, torch.device("cpu"), tmp_path / "b.csv")
+    assert first.final_train_loss == second.final_train_loss
+    assert all(torch.equal(weights_first[k], v) for k, v in tiny_bert.state_dict().items())
+    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "a.csv"))]
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+
+@pytest.mark.parametrize(
+    "schedule, warmup, step, expected",
+    [("linear", 0.0, 0, 1.0), ("linear", 0.0, 5, 0.5), ("constant", 0.0, 9, 1.0), ("linear", 0.2, 0, 0.5), ("linear", 0.2, 2, 1.0)],
+)
+def test_lr_factor(schedule, warmup, step, expected):
+    recipe = Recipe(epochs=1, batch_size=1, learning_rate=1.0, lr_schedule=schedule, warmup_ratio=warmup)
+    assert lr_factor(step, 10, recipe) == pytest.approx(expected)

@@ -1,0 +1,124 @@
+"""Allocation x structure: exact k, deterministic ties, nested masks, n:m validity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparselab.masks import ALLOCATIONS, Structure, build_masks, keep_count, nm_mask, sparsity_report, top_k_flat
+from sparselab.prunable import PrunableSetError, select_prunable
+
+
+def test_keep_count_rounds_half_up():
+    assert keep_count(10, 0.25) == 8  # 7.5 -> 8 (round() would give 8 too)
+    assert keep_count(10, 0.35) == 7  # 6.5 -> 7 (round() would give 6)
+    assert keep_count(10, 0.9) == 1
+    assert keep_count(10, 0.0) == 10
+
+
+def test_top_k_flat_breaks_ties_by_position():
+    scores = torch.tensor([1.0, 3.0, 2.0, 2.0, 2.0, 0.5])
+    assert top_k_flat(scores, 3).tolist() == [False, True, True, True, False, False]
+    assert top_k_flat(scores, 2).tolist() == [False, True, True, False, False, False]
+    assert top_k_flat(scores, 0).sum() == 0
+    assert top_k_flat(scores, 6).all()
+
+
+def test_top_k_flat_rejects_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        top_k_flat(torch.tensor([1.0, float("nan")]), 1)
+
+
+def test_global_vs_layerwise_by_hand():
+    scores = {"a": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([[10.0, 20.0], [30.0, 40.0]])}
+    global_masks = ALLOCATIONS.get("global")(scores, 0.5)
+    assert global_masks["a"].sum() == 0 and global_masks["b"].all()
+    layer_masks = ALLOCATIONS.get("layerwise")(scores, 0.5)
+    assert layer_masks["a"].tolist() == [[False, False], [True, True]]
+    assert layer_masks["b"].tolist() == [[False, False], [True, True]]
+
+
+@pytest.mark.parametrize("allocation", ALLOCATIONS.names())
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.37, 0.5, 0.9, 0.99])
+def test_exact_k(allocation, sparsity):
+    g = torch.Generator().manual_seed(1)
+    scores = {f"w{i}": torch.rand(7 + i, 13, generator=g) for i in range(3)}
+    masks = build_masks(scores, sparsity, allocation, Structure())
+    report = sparsity_report(masks, sparsity, allocation, Structure())
+    total = sum(s.numel() for s in scores.values())
+    if allocation == "global":
+        assert report["kept"] == keep_count(total, sparsity)
+    else:
+        for name, mask in masks.items():
+            assert int(mask.sum()) == keep_count(scores[name].numel(), sparsity)
+
+
+@pytest.mark.parametrize("allocation", ALLOCATIONS.names())
+def test_masks_nested_and_deterministic_with_ties(allocation):
+    g = torch.Generator().manual_seed(2)
+    scores = {"a": torch.randint(0, 4, (8, 16), generator=g).float(), "b": torch.randint(0, 4, (16, 8), generator=g).float()}
+    previous = None
+    for sparsity in [0.1, 0.3, 0.5, 0.7, 0.9]:
+        masks = build_masks(scores, sparsity, allocation, Structure())
+        again = build_masks({k: v.clone() for k, v in scores.items()}, sparsity, allocation, Structure())
+        assert all(torch.equal(masks[k], again[k]) for k in masks)
+        if previous is not None:
+            assert all(bool((masks[k] <= previous[k]).all()) for k in masks), "higher sparsity must keep a subset"
+        previous = masks
+
+
+def test_nm_mask_by_hand():
+    scores = torch.tensor([[4.0, 1.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0]])
+    assert nm_mask(scores, 2, 4).tolist() == [[True, False, True, False, True, True, False, False]]
+
+
+@pytest.mark.parametrize("text", ["1:4", "2:4", "3:4", "4:8"])
+def test_nm_every_group_keeps_exactly_n(text):
+    structure = Structure.parse(text)
+    scores = {"w": torch.rand(6, 16, generator=torch.Generator().manual_seed(3))}
+    masks = build_masks(scores, structure.sparsity, "global", structure)
+    groups = masks["w"].reshape(6, 16 // structure.m, structure.m)
+    assert (groups.sum(-1) == structure.n).all()
+    report = sparsity_report(masks, structure.sparsity, "global", structure)
+    assert report["achieved_sparsity"] == pytest.approx(structure.sparsity)
+
+
+def test_nm_nested():
+    scores = torch.rand(4, 8, generator=torch.Generator().manual_seed(4))
+    assert (nm_mask(scores, 1, 4) <= nm_mask(scores, 2, 4)).all()
+    assert (nm_mask(scores, 2, 4) <= nm_mask(scores, 3, 4)).all()
+
+
+def test_nm_needs_m_to_divide_inputs():
+    with pytest.raises(ValueError, match="m=4 to divide the input dimension 6"):
+        nm_mask(torch.rand(2, 6), 2, 4, "w")
+
+
+def test_nm_sparsity_must_match():
+    with pytest.raises(ValueError, match="fixes sparsity 0.5"):
+        build_masks({"w": torch.rand(2, 4)}, 0.3, "global", Structure.parse("2:4"))
+
+
+@pytest.mark.parametrize("text", ["4:4", "5:4", "0:4", "2-4", "dense"])
+def test_bad_structures(text):
+    with pytest.raises(ValueError, match="structure"):
+        Structure.parse(text)
+
+
+def test_structure_slug_and_text():
+    assert Structure.parse("2:4").slug == "2of4" and str(Structure.parse("2:4")) == "2:4"
+    assert Structure.parse("unstructured").slug == "unstructured"
+
+
+def test_prunable_set_of_bert(tiny_bert, bert_prunable):
+    chosen = select_prunable(tiny_bert, bert_prunable["include"], bert_prunable["exclude"])
+    assert len(chosen) == 6 * 2  # six Linear weights per layer, two layers
+    assert not any("pooler" in n or "classifier" in n or "embeddings" in n for n in chosen)
+    assert sum(p.numel() for p in chosen.values()) == 2 * (4 * 32 * 32 + 2 * 32 * 64)
+
+
+def test_prunable_exclude_and_no_match(tiny_bert, bert_prunable):
+    chosen = select_prunable(tiny_bert, bert_prunable["include"], [r"intermediate"])
+    assert len(chosen) == 10
+    with pytest.raises(PrunableSetError, match="matches no 2-D weight"):
+        select_prunable(tiny_bert, [r"^nothing$"], [])

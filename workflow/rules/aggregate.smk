@@ -1,0 +1,39 @@
+# Aggregate every evaluation into tidy tables, then draw the figures of the report.
+
+
+localrules:
+    aggregate,
+    figure_essential_sparsity,
+
+
+rule aggregate:
+    input:
+        records=evaluation_targets(),
+    output:
+        runs="results/tables/runs.csv",
+        essential="results/tables/essential_sparsity.csv",
+    params:
+        runs=[run.as_dict() for run in RUNS],
+        results="results",
+        epsilon=config["evaluation"]["epsilon"],
+    log:
+        "results/logs/aggregate/aggregate.log",
+    script:
+        "../scripts/aggregate.py"
+
+
+rule figure_essential_sparsity:
+    input:
+        runs=rules.aggregate.output.runs,
+        essential=rules.aggregate.output.essential,
+    output:
+        png=report(
+            "results/figures/essential_sparsity.png",
+            caption="../report/essential_sparsity.rst",
+            category="Figures",
+        ),
+        pdf="results/figures/essential_sparsity.pdf",
+    log:
+        "results/logs/figures/essential_sparsity.log",
+    script:
+        "../scripts/figure_essential_sparsity.py"

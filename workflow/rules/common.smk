@@ -1,0 +1,65 @@
+# Validation of params.yaml (before any job starts) and the lookups rules share.
+
+import re
+import sys
+
+from sparselab.config import ConfigError, validate_config
+from sparselab.grid import expand_studies, runs_by_key
+
+
+try:
+    config.update(validate_config(config))
+except ConfigError as error:
+    sys.exit(f"error: {error}")
+
+RUNS = expand_studies(config)
+RUN_BY_KEY = runs_by_key(RUNS)
+SPARSE_RUN_BY_KEY = {key: run for key, run in RUN_BY_KEY.items() if not run.dense}
+MASK_RUN_BY_PREFIX = {run.mask_prefix.removeprefix("results/masks/"): run for run in SPARSE_RUN_BY_KEY.values()}
+
+
+def one_of(keys):
+    """A wildcard constraint matching exactly the given keys."""
+    return "|".join(re.escape(key) for key in sorted(keys)) or "(?!)"
+
+
+wildcard_constraints:
+    model=r"[^/]+",
+    task=r"[^/]+",
+    method=r"[^/]+",
+    seed=r"\d+",
+    run=one_of(RUN_BY_KEY),
+    mask=one_of(MASK_RUN_BY_PREFIX),
+
+
+def run_of(wildcards):
+    return RUN_BY_KEY[wildcards.run]
+
+
+def model_dir(run):
+    return f"resources/models/{run.model}"
+
+
+def data_dir(run):
+    return f"resources/data/{run.task}"
+
+
+def prunable_of(run):
+    return config["models"][run.model]["prunable"]
+
+
+def recipe_of(run):
+    return config["recipes"][run.recipe]
+
+
+def evaluation_settings():
+    """The evaluation keys that change an evaluation's output (epsilon only changes the tables)."""
+    return {k: v for k, v in config["evaluation"].items() if k != "epsilon"}
+
+
+def evaluation_targets():
+    """Every evaluation record the tables need: both stages of each sparse run, and every dense run."""
+    targets = {f"results/eval/{run.dense_key}/finetuned.json" for run in RUNS}
+    for key in SPARSE_RUN_BY_KEY:
+        targets |= {f"results/eval/{key}/finetuned.json", f"results/eval/{key}/pruned.json"}
+    return sorted(targets)

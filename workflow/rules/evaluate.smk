@@ -1,0 +1,49 @@
+# Evaluate: after fine-tuning, and the dense fine-tuned model pruned one-shot without retraining.
+
+
+rule evaluate_finetuned:
+    input:
+        checkpoint="results/finetune/{run}/model.safetensors",
+        train_metrics="results/finetune/{run}/train_metrics.json",
+        model=lambda w: model_dir(run_of(w)),
+        data=lambda w: data_dir(run_of(w)),
+    output:
+        record="results/eval/{run}/finetuned.json",
+    params:
+        prunable=lambda w: prunable_of(run_of(w)),
+        evaluation=evaluation_settings(),
+        max_length=lambda w: recipe_of(run_of(w))["max_length"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "results/logs/evaluate_finetuned/{run}.log",
+    script:
+        "../scripts/evaluate_finetuned.py"
+
+
+rule evaluate_oneshot:
+    input:
+        dense=lambda w: f"results/finetune/{run_of(w).dense_key}/model.safetensors",
+        model=lambda w: model_dir(run_of(w)),
+        data=lambda w: data_dir(run_of(w)),
+    output:
+        record="results/eval/{run}/pruned.json",
+    params:
+        method=lambda w: config["methods"][run_of(w).method],
+        prunable=lambda w: prunable_of(run_of(w)),
+        allocation=lambda w: run_of(w).allocation,
+        structure=lambda w: run_of(w).structure,
+        sparsity=lambda w: run_of(w).sparsity,
+        seed=lambda w: run_of(w).seed,
+        evaluation=evaluation_settings(),
+        max_length=lambda w: recipe_of(run_of(w))["max_length"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "results/logs/evaluate_oneshot/{run}.log",
+    script:
+        "../scripts/evaluate_oneshot.py"

@@ -1,0 +1,30 @@
+# Fine-tune with the mask held fixed (the dense run has no mask): a GPU job on a cluster.
+
+
+def finetune_inputs(wildcards):
+    run = run_of(wildcards)
+    inputs = {"model": model_dir(run), "data": data_dir(run)}
+    if not run.dense:
+        inputs["mask"] = f"{run.mask_prefix}/mask.safetensors"
+    return inputs
+
+
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        checkpoint="results/finetune/{run}/model.safetensors",
+        config="results/finetune/{run}/config.json",
+        train_log="results/finetune/{run}/train_log.csv",
+        train_metrics="results/finetune/{run}/train_metrics.json",
+    params:
+        recipe=lambda w: recipe_of(run_of(w)),
+        seed=lambda w: run_of(w).seed,
+    threads: 2
+    resources:
+        mem_mb=lambda w, attempt: 8000 * attempt,
+        runtime=lambda w, attempt: 120 * attempt,
+    log:
+        "results/logs/finetune/{run}.log",
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,17 @@
+"""Rule finetune: fine-tune the pretrained model with its mask held fixed (none for dense)."""
+
+from pathlib import Path
+
+from sparselab.logs import log_to
+from sparselab.pipeline import finetune_stage
+
+with log_to(snakemake.log[0]):
+    finetune_stage(
+        Path(snakemake.input.model),
+        Path(snakemake.input.data),
+        Path(snakemake.input.mask) if "mask" in snakemake.input.keys() else None,
+        Path(snakemake.output.checkpoint).parent,
+        recipe=snakemake.params.recipe,
+        seed=snakemake.params.seed,
+        threads=snakemake.threads,
+    )

@@ -1,0 +1,16 @@
+"""Rule prune: scores -> mask (allocation x structure) and the sparsity report."""
+
+from pathlib import Path
+
+from sparselab.logs import log_to
+from sparselab.pipeline import prune_stage
+
+with log_to(snakemake.log[0]):
+    prune_stage(
+        Path(snakemake.input.scores),
+        Path(snakemake.output.mask),
+        Path(snakemake.output.report),
+        sparsity=snakemake.params.sparsity,
+        allocation=snakemake.params.allocation,
+        structure=snakemake.params.structure,
+    )

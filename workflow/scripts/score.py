@@ -1,0 +1,17 @@
+"""Rule score: importance scores of the pretrained model's prunable matrices."""
+
+from pathlib import Path
+
+from sparselab.logs import log_to
+from sparselab.pipeline import score_stage
+
+with log_to(snakemake.log[0]):
+    score_stage(
+        Path(snakemake.input.model),
+        Path(snakemake.input.data),
+        Path(snakemake.output.scores),
+        method=snakemake.params.method,
+        prunable=snakemake.params.prunable,
+        seed=snakemake.params.seed,
+        threads=snakemake.threads,
+    )
