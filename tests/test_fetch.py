@@ -240,3 +240,21 @@ def test_unreachable_hub_fails_with_advice(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setattr(HfApi, "repo_info", unreachable)
     with pytest.raises(FetchError, match="cannot reach the hub .*set HF_HUB_OFFLINE=1"):
         fetch_model("hf:bert-base-uncased", tmp_path / "m")
+
+
+def test_hub_offline_with_the_model_in_the_cache(
+    offline_hub: None, model_folder: Path, tmp_path: Path
+) -> None:
+    from huggingface_hub import constants
+
+    commit = "a" * 40
+    repo = Path(constants.HF_HUB_CACHE) / "models--tiny--bert"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in model_folder.iterdir():
+        (snapshot / path.name).write_bytes(path.read_bytes())
+    record = fetch_model("hf:tiny/bert", tmp_path / "m")
+    assert record["source"] == "hf:tiny/bert" and record["sha256"] is None
+    assert sorted(record["files"]) == ["config.json", "model.safetensors"]

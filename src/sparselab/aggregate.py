@@ -55,7 +55,7 @@ def essential_sparsity(table: pd.DataFrame, epsilon: float) -> pd.DataFrame:
     rows = []
     for key, curve in means.groupby(CURVE + ["stage", "metric"]):
         dense_value = curve["dense_value"].iloc[0]
-        within = curve[curve["value"] >= dense_value - epsilon]
+        within = curve[curve["value"] >= dense_value - epsilon - 1e-12]  # float-safe "within"
         rows.append({
             **dict(zip(CURVE + ["stage", "metric"], key)),
             "dense_value": dense_value,

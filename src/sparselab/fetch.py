@@ -228,30 +228,25 @@ def _fetch_hub_model(repo_id: str, dest: Path) -> None:
 
     advice = offline_advice("model", EMBEDDED_MODEL)
     revision = resolve_hub_revision(repo_id, "model", advice)
-    offline = revision is None
-    try:
-        snapshot = Path(
+
+    def snapshot(patterns: list[str]) -> Path:
+        return Path(
             snapshot_download(
                 repo_id,
                 revision=revision,
-                allow_patterns=HUB_MODEL_PATTERNS,
-                local_files_only=offline,
+                allow_patterns=patterns,
+                local_files_only=revision is None,
                 etag_timeout=hub_timeout_s(),
             )
         )
-        if not any(snapshot.glob("*.safetensors")):
-            snapshot = Path(
-                snapshot_download(
-                    repo_id,
-                    revision=revision,
-                    allow_patterns=["pytorch_model*.bin"],
-                    local_files_only=offline,
-                    etag_timeout=hub_timeout_s(),
-                )
-            )
+
+    try:
+        folder = snapshot(HUB_MODEL_PATTERNS)
+        if not any(folder.glob("*.safetensors")):
+            folder = snapshot(["pytorch_model*.bin"])
     except LocalEntryNotFoundError as error:
         raise FetchError(f"model {repo_id!r} is not in the local HF cache; {advice}") from error
-    shutil.copytree(snapshot, dest, dirs_exist_ok=True)  # follows the cache's symlinks
+    shutil.copytree(folder, dest, dirs_exist_ok=True)  # follows the cache's symlinks
 
 
 def _check_weights(folder: Path, source: str) -> None:

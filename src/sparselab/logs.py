@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -11,11 +12,20 @@ from typing import Iterator
 
 @contextlib.contextmanager
 def log_to(path: str | Path) -> Iterator[None]:
-    """Everything the block prints or logs goes to `path`; an exception is logged before it propagates."""
+    """Everything the block prints or logs goes to `path`; an exception is logged before it propagates.
+
+    Redirection is at the file-descriptor level, so libraries that captured sys.stderr at import
+    time (transformers' handler) and C extensions write to the log too.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as stream, contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-        handler = logging.StreamHandler(stream)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with open(path, "w") as stream:
+        for fd in saved:
+            os.dup2(stream.fileno(), fd)
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
         root.addHandler(handler)
@@ -27,3 +37,8 @@ def log_to(path: str | Path) -> Iterator[None]:
             raise
         finally:
             root.removeHandler(handler)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)

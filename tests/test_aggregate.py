@@ -1,0 +1,71 @@
+"""The grid, the tidy table and the essential-sparsity (knee) detection."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from sparselab.aggregate import essential_sparsity
+from sparselab.grid import Run, expand_studies, runs_by_key, study_runs
+
+STUDY = {
+    "models": ["m"], "tasks": ["t"], "methods": ["magnitude", "random"], "allocations": ["global"],
+    "structures": ["unstructured", "2:4"], "sparsities": [0.0, 0.5, 0.9], "recipes": ["r"], "seeds": [0],
+}
+
+
+def test_study_runs_product_and_nm_sparsity():
+    runs = study_runs(STUDY)
+    unstructured = [r for r in runs if r.structure == "unstructured"]
+    nm = [r for r in runs if r.structure == "2:4"]
+    assert len(unstructured) == 2 * 3
+    assert sorted({r.sparsity for r in nm}) == [0.0, 0.5]  # 2:4 fixes 50%, plus the dense point
+
+
+def test_dense_points_share_one_run():
+    runs = expand_studies({"studies": {"a": STUDY, "b": STUDY}})
+    table = runs_by_key(runs)
+    dense_keys = {r.key for r in runs if r.dense}
+    assert dense_keys == {"m/t/dense/r/seed0"}
+    assert "m/t/magnitude/global-2of4/s0.5/r/seed0" in table
+    assert "m/t/random/global-unstructured/s0.9/r/seed0" in table
+    assert len(runs) == len(set(runs))
+
+
+def test_run_paths():
+    run = Run("m", "t", "magnitude", "layerwise", "unstructured", 0.875, "r", 3)
+    assert run.key == "m/t/magnitude/layerwise-unstructured/s0.875/r/seed3"
+    assert run.mask_prefix == "results/masks/m/t/magnitude/layerwise-unstructured/s0.875/seed3"
+    assert run.scores_path == "results/scores/m/t/magnitude/seed3/scores.safetensors"
+    assert run.dense_key == "m/t/dense/r/seed3"
+
+
+def curve(values, dense=0.80, seeds=(0,)):
+    rows = []
+    for seed in seeds:
+        for sparsity, value in values.items():
+            rows.append({"model": "m", "task": "t", "method": "magnitude", "allocation": "global",
+                         "structure": "unstructured", "recipe": "r", "seed": seed, "stage": "finetuned",
+                         "metric": "accuracy", "headline": True, "sparsity": sparsity, "value": value,
+                         "dense_value": dense})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({0.0: 0.80, 0.1: 0.805, 0.2: 0.795, 0.3: 0.789, 0.4: 0.70}, 0.2),  # 0.789 < 0.79: outside
+        ({0.0: 0.80, 0.1: 0.79, 0.2: 0.60}, 0.1),  # exactly epsilon below dense counts as within
+        ({0.0: 0.80, 0.5: 0.50}, 0.0),
+        ({0.0: 0.80, 0.3: 0.70, 0.6: 0.795}, 0.6),  # the largest sparsity within epsilon, as defined
+    ],
+)
+def test_essential_sparsity_by_hand(values, expected):
+    result = essential_sparsity(curve(values), epsilon=0.01)
+    assert len(result) == 1
+    assert result["essential_sparsity"].iloc[0] == expected
+
+
+def test_essential_sparsity_averages_seeds():
+    table = pd.concat([curve({0.0: 0.80, 0.5: 0.78}, seeds=(0,)), curve({0.0: 0.80, 0.5: 0.80}, seeds=(1,))])
+    assert essential_sparsity(table, epsilon=0.01)["essential_sparsity"].iloc[0] == 0.5  # mean 0.79
