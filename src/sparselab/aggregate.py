@@ -7,26 +7,22 @@ from pathlib import Path
 import pandas as pd
 
 from sparselab.grid import Run
-from sparselab.io import atomic_path, read_json
+from sparselab.io import atomic_path, read_json, write_json
 
 CURVE = ["model", "task", "method", "allocation", "structure", "recipe"]
 STAGES = ("pruned", "finetuned")
 
 
-def eval_path(results: Path, run: Run, stage: str) -> Path:
-    """Where a run's evaluation of `stage` lives; a dense point's pruned stage is the dense model."""
-    if run.dense:
-        return results / "eval" / run.key / "finetuned.json"
-    return results / "eval" / run.key / f"{stage}.json"
+def collect_runs(runs: list[Run]) -> pd.DataFrame:
+    """Rows of (run, stage, metric, value) with the dense value of the same model/task/recipe/seed.
 
-
-def collect_runs(runs: list[Run], results: Path) -> pd.DataFrame:
-    """Rows of (run, stage, metric, value) with the dense value of the same model/task/recipe/seed."""
+    Paths are relative to the working directory (the workflow's), as the path grammar states.
+    """
     rows = []
     for run in runs:
-        dense = read_json(results / "eval" / run.dense_key / "finetuned.json")
+        dense = read_json(f"results/eval/{run.dense_key}/finetuned.json")
         for stage in STAGES:
-            record = read_json(eval_path(results, run, stage))
+            record = read_json(run.eval_path(stage))
             for metric, value in record["metrics"].items():
                 rows.append({
                     **run.as_dict(),
@@ -71,8 +67,20 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def aggregate_stage(runs: list[dict], results: Path, runs_csv: Path, essential_csv: Path, epsilon: float) -> None:
-    """Write results/tables/runs.csv and results/tables/essential_sparsity.csv."""
-    table = collect_runs([Run(**r) for r in runs], results)
+def headline_metrics(essential: pd.DataFrame) -> dict:
+    """Per curve: the dense metric and the essential sparsity of each stage (DVC's metrics file)."""
+    summary: dict = {}
+    for _, row in essential.iterrows():
+        curve = summary.setdefault("/".join(str(row[c]) for c in CURVE), {})
+        curve[f"dense_{row['metric']}"] = row["dense_value"]
+        curve[f"essential_sparsity_{row['stage']}"] = row["essential_sparsity"]
+    return summary
+
+
+def aggregate_stage(runs: list[dict], runs_csv: Path, essential_csv: Path, metrics_json: Path, epsilon: float) -> None:
+    """Write results/tables/runs.csv, results/tables/essential_sparsity.csv and results/metrics.json."""
+    table = collect_runs([Run(**r) for r in runs])
+    essential = essential_sparsity(table, epsilon)
     write_csv(table, runs_csv)
-    write_csv(essential_sparsity(table, epsilon), essential_csv)
+    write_csv(essential, essential_csv)
+    write_json(metrics_json, headline_metrics(essential))

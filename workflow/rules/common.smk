@@ -60,6 +60,6 @@ def evaluation_settings():
 def evaluation_targets():
     """Every evaluation record the tables need: both stages of each sparse run, and every dense run."""
     targets = {f"results/eval/{run.dense_key}/finetuned.json" for run in RUNS}
-    for key in SPARSE_RUN_BY_KEY:
-        targets |= {f"results/eval/{key}/finetuned.json", f"results/eval/{key}/pruned.json"}
+    for run in RUNS:
+        targets |= {run.eval_path("finetuned"), run.eval_path("pruned")}
     return sorted(targets)

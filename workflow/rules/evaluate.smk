@@ -17,6 +17,8 @@ rule evaluate_finetuned:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/evaluate_finetuned/{run}.log",
     script:
@@ -43,6 +45,8 @@ rule evaluate_oneshot:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/evaluate_oneshot/{run}.log",
     script:

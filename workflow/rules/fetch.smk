@@ -13,6 +13,8 @@ rule fetch_model:
         source=lambda w: config["models"][w.model]["source"],
         sha256=lambda w: config["models"][w.model].get("sha256"),
         member=lambda w: config["models"][w.model].get("member"),
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/fetch_model/{model}.log",
     script:
@@ -24,6 +26,8 @@ rule fetch_data:
         data=directory("resources/data/{task}"),
     params:
         entry=lambda w: config["tasks"][w.task],
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/fetch_data/{task}.log",
     script:

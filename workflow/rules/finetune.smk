@@ -24,6 +24,8 @@ rule finetune:
     resources:
         mem_mb=lambda w, attempt: 8000 * attempt,
         runtime=lambda w, attempt: 120 * attempt,
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/finetune/{run}.log",
     script:

@@ -14,6 +14,8 @@ rule prune:
     resources:
         mem_mb=4000,
         runtime=10,
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/prune/{mask}.log",
     script:

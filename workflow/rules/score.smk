@@ -15,6 +15,8 @@ rule score:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../../environment.yml"
     log:
         "results/logs/score/{model}/{task}/{method}/seed{seed}.log",
     script:

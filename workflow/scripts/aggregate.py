@@ -1,4 +1,4 @@
-"""Rule aggregate: every evaluation into results/tables/runs.csv and essential_sparsity.csv."""
+"""Rule aggregate: every evaluation into the tidy tables and the metrics summary."""
 
 from pathlib import Path
 
@@ -8,8 +8,8 @@ from sparselab.logs import log_to
 with log_to(snakemake.log[0]):
     aggregate_stage(
         snakemake.params.runs,
-        Path(snakemake.params.results),
         Path(snakemake.output.runs),
         Path(snakemake.output.essential),
+        Path(snakemake.output.metrics),
         epsilon=snakemake.params.epsilon,
     )
