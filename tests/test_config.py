@@ -185,7 +185,7 @@ BAD = [
     ("unknown GLUE task", set_in("tasks.sst", {"source": "hf:glue/sst-2", "split": {"validation": 0.1}}),
      "tasks.sst.source", "'hf:glue/sst-2'", ["GLUE tasks only", "did you mean 'hf:glue/sst2'?"]),
     ("hf data set that is not GLUE", set_in("tasks.imdb", {"source": "hf:imdb", "split": {"validation": 0.1}}),
-     "tasks.imdb.source", "'hf:imdb'", ["GLUE tasks only", "hf:glue/cola, hf:glue/mrpc"]),
+     "tasks.imdb.source", "'hf:imdb'", ["GLUE tasks only", "hf:glue/cola, hf:glue/mnli, hf:glue/mrpc"]),
     ("GLUE task with a reader", set_in("tasks.sst2", {**GLUE_TASK, "reader": "trec_coarse"}), "tasks.sst2.reader",
      "'trec_coarse'", ["does not apply to the GLUE source"]),
     ("GLUE task with a test fraction", set_in("tasks.sst2", {"source": "hf:glue/sst2",
@@ -301,6 +301,7 @@ def test_defaults_are_filled_and_input_untouched(params):
     assert out["recipes"]["short"] == {
         "epochs": 2, "batch_size": 16, "learning_rate": 3.0e-5, "lr_schedule": "linear", "warmup_ratio": 0.0,
         "weight_decay": 0.0, "adam_epsilon": 1.0e-8, "max_length": 128, "max_train_examples": None,
+        "group_by_length": True,
     }
     study = out["studies"]["essential_sparsity"]
     assert (study["allocations"], study["structures"], study["seeds"]) == (["global"], ["unstructured"], [0])

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import BERT_PRUNABLE, tiny_bert_config
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification, BertTokenizer
 
-from conftest import BERT_PRUNABLE, tiny_bert_config
 from sparselab.io import load_masks
 
 pytestmark = pytest.mark.workflow

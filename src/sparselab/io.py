@@ -20,19 +20,34 @@ from safetensors.torch import save_file
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it to `path` only if the block succeeds."""
+def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; it replaces `path` only if the block succeeds.
+
+    directory=True creates the sibling as an empty folder; an existing folder at `path` is moved
+    aside, replaced and then removed, so readers see the old folder or the new one, never a mix.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    _remove(tmp)
+    if directory:
+        tmp.mkdir()
     try:
         yield tmp
+        if directory and path.is_dir():
+            os.replace(path, old)
         os.replace(tmp, path)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
+        _remove(tmp)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -1,4 +1,6 @@
 # Fine-tune with the mask held fixed (the dense run has no mask): a GPU job on a cluster.
+# Priorities: scoring and pruning first (cheap, they unlock fine-tunes), then fine-tunes, then
+# evaluations, so that short jobs fill the end of a run instead of one long job on one core.
 
 
 def finetune_inputs(wildcards):
@@ -24,6 +26,7 @@ rule finetune:
     resources:
         mem_mb=lambda w, attempt: 8000 * attempt,
         runtime=lambda w, attempt: 120 * attempt,
+    priority: 2
     conda:
         "../../environment.yml"
     log:

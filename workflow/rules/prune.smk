@@ -14,6 +14,7 @@ rule prune:
     resources:
         mem_mb=4000,
         runtime=10,
+    priority: 3
     conda:
         "../../environment.yml"
     log:

@@ -15,6 +15,7 @@ rule score:
     resources:
         mem_mb=4000,
         runtime=30,
+    priority: 3
     conda:
         "../../environment.yml"
     log:
