@@ -45,9 +45,13 @@ def count_zeros(weights: dict[str, torch.Tensor]) -> tuple[int, int]:
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, batch_size: int, length: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of one forward pass on a (batch_size, length) batch, after one warm-up."""
+    """Median wall time of one forward pass on a (batch_size, length) batch, after one warm-up.
+
+    The content of the batch does not matter for dense kernels, only its shape; any valid token does.
+    """
     model.to(device).eval()
-    input_ids = torch.full((batch_size, length), 1000, dtype=torch.long, device=device)
+    token = min(1000, model.config.vocab_size - 1)
+    input_ids = torch.full((batch_size, length), token, dtype=torch.long, device=device)
     mask = torch.ones_like(input_ids)
     model(input_ids=input_ids, attention_mask=mask)
     times = []

@@ -61,7 +61,12 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors (contiguous copies), atomically."""
+    """Save tensors as safetensors (contiguous copies), atomically.
+
+    safetensors writes metadata keys in hash order, so byte-identical files need at most one key.
+    """
+    if metadata is not None and len(metadata) > 1:
+        raise ValueError("give at most one metadata key; nest the rest as JSON")
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
@@ -75,13 +80,13 @@ def save_masks(path: str | Path, masks: dict[str, torch.Tensor]) -> None:
     """Save boolean masks bit-packed (8 weights per byte) with their shapes in the metadata."""
     packed = {name: torch.from_numpy(np.packbits(m.flatten().numpy())) for name, m in masks.items()}
     shapes = {name: list(m.shape) for name, m in masks.items()}
-    save_tensors(path, packed, metadata={"format": "packbits", "shapes": json.dumps(shapes)})
+    save_tensors(path, packed, metadata={"packbits_shapes": json.dumps(shapes, sort_keys=True)})
 
 
 def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
     """Load masks saved by `save_masks` as boolean tensors (True = kept)."""
     with safe_open(str(path), framework="pt") as f:
-        shapes = json.loads(f.metadata()["shapes"])
+        shapes = json.loads(f.metadata()["packbits_shapes"])
         masks = {}
         for name in f.keys():
             shape = shapes[name]
