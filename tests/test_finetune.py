@@ -11,6 +11,7 @@ from sparselab.batches import Encoded
 from sparselab.finetune import Recipe, lr_factor, train
 from sparselab.masks import Structure, build_masks
 from sparselab.prunable import select_prunable
+from sparselab.sparsifiers import FixedMask, Target
 
 
 def toy_data(n=24, length=10, seed=0) -> Encoded:
@@ -20,13 +21,18 @@ def toy_data(n=24, length=10, seed=0) -> Encoded:
     return Encoded(ids.tolist(), [[0] * length] * n, labels.tolist(), pad_token_id=0, regression=False)
 
 
-def masked_model(model, prunable, sparsity=0.6):
+def fixed_mask(model, prunable, sparsity=0.6) -> FixedMask:
+    """The global magnitude mask of `model`, held fixed, attached to it."""
     chosen = select_prunable(model, prunable["include"], prunable["exclude"])
-    return build_masks({n: p.detach().abs() for n, p in chosen.items()}, sparsity, "global", Structure())
+    masks = build_masks({n: p.detach().abs() for n, p in chosen.items()}, sparsity, "global", Structure())
+    sparsifier = FixedMask(masks)
+    sparsifier.attach(model, chosen, Target(sparsity, "global", Structure()))
+    return sparsifier
 
 
 def test_pruned_weights_and_adam_state_stay_zero(tiny_bert, bert_prunable, tmp_path):
-    masks = masked_model(tiny_bert, bert_prunable)
+    sparsifier = fixed_mask(tiny_bert, bert_prunable)
+    masks = sparsifier.masks
     recipe = Recipe(epochs=2, batch_size=8, learning_rate=1e-2, weight_decay=0.1)
     captured = {}
     real_step = torch.optim.AdamW.step
@@ -38,7 +44,7 @@ def test_pruned_weights_and_adam_state_stay_zero(tiny_bert, bert_prunable, tmp_p
 
     torch.optim.AdamW.step = spy
     try:
-        result = train(tiny_bert, toy_data(), recipe, seed=0, device=torch.device("cpu"), log_path=tmp_path / "log.csv", masks=masks)
+        result = train(tiny_bert, toy_data(), recipe, seed=0, device=torch.device("cpu"), log_path=tmp_path / "log.csv", sparsifier=sparsifier)
     finally:
         torch.optim.AdamW.step = real_step
     params = dict(tiny_bert.named_parameters())

@@ -29,6 +29,14 @@ def test_top_k_flat_rejects_nan():
         top_k_flat(torch.tensor([1.0, float("nan")]), 1)
 
 
+def test_rowwise_compares_within_rows_by_hand():
+    scores = {"a": torch.tensor([[1.0, 2.0, 3.0, 4.0], [40.0, 30.0, 20.0, 10.0]])}
+    masks = ALLOCATIONS.get("row")(scores, 0.5)
+    assert masks["a"].tolist() == [[False, False, True, True], [True, True, False, False]]
+    # a global or layerwise threshold would keep the whole second row instead
+    assert ALLOCATIONS.get("layerwise")(scores, 0.5)["a"].tolist() == [[False] * 4, [True] * 4]
+
+
 def test_global_vs_layerwise_by_hand():
     scores = {"a": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([[10.0, 20.0], [30.0, 40.0]])}
     global_masks = ALLOCATIONS.get("global")(scores, 0.5)
@@ -48,9 +56,12 @@ def test_exact_k(allocation, sparsity):
     total = sum(s.numel() for s in scores.values())
     if allocation == "global":
         assert report["kept"] == keep_count(total, sparsity)
-    else:
+    elif allocation == "layerwise":
         for name, mask in masks.items():
             assert int(mask.sum()) == keep_count(scores[name].numel(), sparsity)
+    else:
+        for name, mask in masks.items():
+            assert (mask.sum(dim=1) == keep_count(scores[name].shape[1], sparsity)).all()
 
 
 @pytest.mark.parametrize("allocation", ALLOCATIONS.names())

@@ -10,18 +10,18 @@ from sparselab.grid import Run
 from sparselab.io import atomic_path, read_json, write_json
 
 CURVE = ["model", "task", "method", "allocation", "structure", "recipe"]
-STAGES = ("pruned", "finetuned")
 
 
-def collect_runs(runs: list[Run]) -> pd.DataFrame:
+def collect_runs(runs: list[tuple[Run, list[str]]]) -> pd.DataFrame:
     """Rows of (run, stage, metric, value) with the dense value of the same model/task/recipe/seed.
 
+    `runs` pairs each run with its evaluated stages (during-training methods have no `pruned`).
     Paths are relative to the working directory (the workflow's), as the path grammar states.
     """
     rows = []
-    for run in runs:
+    for run, stages in runs:
         dense = read_json(f"results/eval/{run.dense_key}/finetuned.json")
-        for stage in STAGES:
+        for stage in stages:
             record = read_json(run.eval_path(stage))
             for metric, value in record["metrics"].items():
                 rows.append({
@@ -78,8 +78,11 @@ def headline_metrics(essential: pd.DataFrame) -> dict:
 
 
 def aggregate_stage(runs: list[dict], runs_csv: Path, essential_csv: Path, metrics_json: Path, epsilon: float) -> None:
-    """Write results/tables/runs.csv, results/tables/essential_sparsity.csv and results/metrics.json."""
-    table = collect_runs([Run(**r) for r in runs])
+    """Write results/tables/runs.csv, results/tables/essential_sparsity.csv and results/metrics.json.
+
+    `runs`: one dict per run, the fields of Run plus `stages`, the stages it was evaluated at.
+    """
+    table = collect_runs([(Run(**{k: v for k, v in r.items() if k != "stages"}), r["stages"]) for r in runs])
     essential = essential_sparsity(table, epsilon)
     write_csv(table, runs_csv)
     write_csv(essential, essential_csv)

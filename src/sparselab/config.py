@@ -41,9 +41,11 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 from sparselab.data import GLUE_TASKS, READERS
-from sparselab.masks import Structure
+from sparselab.masks import ALLOCATIONS, Structure
 from sparselab.metrics import METRICS, metric_mismatch
+from sparselab.registry import Registry
 from sparselab.scoring import SCORERS
+from sparselab.sparsifiers import SPARSIFIERS
 
 __all__ = [
     "ConfigError",
@@ -111,6 +113,7 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     _check_tasks(filled)
     _check_methods(filled)
     _check_studies(filled)
+    _check_method_composition(filled)
     return filled
 
 
@@ -412,20 +415,20 @@ def _check_metrics(parts: list, task: dict) -> None:
 
 
 def _check_methods(config: dict) -> None:
-
     for name, method in config["methods"].items():
         parts = ["methods", name]
-        scorer = method["scorer"]
-        if scorer not in SCORERS:
-            raise ConfigError(_format_path(parts + ["scorer"]), SCORERS.unknown_message(scorer))
-        accepted = SCORERS.get(scorer).hyperparameters
+        kind, registry = method_kind(method)
+        entry_name = method[kind]
+        if entry_name not in registry:
+            raise ConfigError(_format_path(parts + [kind]), registry.unknown_message(entry_name))
+        accepted = registry.get(entry_name).hyperparameters
         for key, value in method.items():
-            if key == "scorer":
+            if key == kind:
                 continue
             if key not in accepted:
                 raise _error(
-                    parts + [key], key, f"is not a hyper-parameter of scorer {scorer!r}",
-                    ", ".join(sorted(accepted)) or "none, this scorer takes no hyper-parameters",
+                    parts + [key], key, f"is not a hyper-parameter of {kind} {entry_name!r}",
+                    ", ".join(sorted(accepted)) or f"none, this {kind} takes no hyper-parameters",
                     close=_close(key, accepted),
                 )
             default = accepted[key]
@@ -434,6 +437,35 @@ def _check_methods(config: dict) -> None:
                     parts + [key], value, f"is {_kind(value)}",
                     f"{_kind(default)}, like the default {_show(default)}",
                 )
+
+
+def method_kind(method: dict) -> tuple[str, Registry]:
+    """("scorer", SCORERS) for a one-shot method entry, ("sparsifier", SPARSIFIERS) for a during-training one."""
+    return ("sparsifier", SPARSIFIERS) if "sparsifier" in method else ("scorer", SCORERS)
+
+
+def _check_method_composition(config: dict) -> None:
+    """A method that forces its allocation (PST, Wanda) or cannot do n:m rejects studies asking for it."""
+    for name, study in config["studies"].items():
+        for method_name in study["methods"]:
+            method = config["methods"][method_name]
+            kind, registry = method_kind(method)
+            entry = registry.get(method[kind])
+            allowed = entry.allowed_allocations or ALLOCATIONS.names()
+            for index, allocation in enumerate(study["allocations"]):
+                if allocation not in allowed:
+                    raise _error(
+                        ["studies", name, "allocations", index], allocation,
+                        f"is not possible with method {method_name!r} ({method[kind]} allocates by itself)",
+                        ", ".join(allowed),
+                    )
+            for index, structure in enumerate(study["structures"]):
+                if structure != "unstructured" and not getattr(entry, "allows_nm", True):
+                    raise _error(
+                        ["studies", name, "structures", index], structure,
+                        f"is not possible with method {method_name!r} ({method[kind]} prunes unstructured)",
+                        "unstructured",
+                    )
 
 
 def _check_studies(config: dict) -> None:

@@ -1,8 +1,7 @@
-"""Fine-tuning with a fixed mask: pruned weights stay exactly zero, and so does their optimizer state.
+"""Fine-tuning under a sparsifier: AdamW with the recipe's schedule, masks kept by the sparsifier.
 
-The mask is enforced on the gradient (a hook multiplies it by the mask), so AdamW's moments for a
-pruned weight stay 0 and its update 0/(sqrt(0)+eps) = 0; weights start masked and therefore never
-leave zero. Weight decay multiplies a zero weight and leaves it zero.
+The sparsifier (sparselab.sparsifiers) decides what stays zero: the prune stage's mask held fixed,
+or a during-training method that changes the masks on its schedule. None trains densely.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from sparselab.batches import Encoded, iterate_batches
+from sparselab.sparsifiers import Sparsifier
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ LR_SCHEDULES = {
 }
 
 
+def total_training_steps(examples: int, recipe: Recipe) -> int:
+    """Optimizer steps of a run: epochs x ceil(examples / batch size), at least one."""
+    return max(1, round(recipe.epochs * math.ceil(examples / recipe.batch_size)))
+
+
 def lr_factor(step: int, total_steps: int, recipe: Recipe) -> float:
     """Multiplier of the peak learning rate at `step`: linear warm-up, then the recipe's decay."""
     warmup = int(recipe.warmup_ratio * total_steps)
@@ -51,19 +56,6 @@ def lr_factor(step: int, total_steps: int, recipe: Recipe) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
     return LR_SCHEDULES[recipe.lr_schedule](progress)
-
-
-def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[torch.utils.hooks.RemovableHandle]:
-    """Zero the pruned weights and mask their gradients from now on. Returns the hook handles."""
-    params = dict(model.named_parameters())
-    handles = []
-    for name, mask in masks.items():
-        weight = params[name]
-        keep = mask.to(device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            weight.mul_(keep)
-        handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep))
-    return handles
 
 
 @dataclass
@@ -82,19 +74,21 @@ def train(
     seed: int,
     device: torch.device,
     log_path: Path,
-    masks: dict[str, torch.Tensor] | None = None,
+    sparsifier: Sparsifier | None = None,
 ) -> TrainResult:
     """Train `model` on `data` with AdamW and the recipe's schedule; write one CSV row per step.
 
-    The final training loss is the mean over the last epoch's steps (at least the last 10%).
+    `sparsifier` must be attached to `model` already. The final training loss is the mean over
+    the last epoch's steps (at least the last 10%).
     """
     model.to(device).train()
-    handles = apply_masks(model, masks) if masks else []
     steps_per_epoch = math.ceil(len(data) / recipe.batch_size)
-    total_steps = max(1, round(recipe.epochs * steps_per_epoch))
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.dim() < 2 else decay).append(param)
+    total_steps = total_training_steps(len(data), recipe)
+    if sparsifier is not None:
+        sparsifier.begin(total_steps)
+    trainable = sparsifier.trainable_parameters() if sparsifier else [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.learning_rate,
@@ -117,25 +111,28 @@ def train(
                 loss = model(**batch).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if sparsifier is not None:
+                    sparsifier.after_backward(step)
                 optimizer.step()
                 scheduler.step()
+                if sparsifier is not None:
+                    sparsifier.after_step(step)
                 step += 1
                 losses.append(loss.item())
                 writer.writerow([step, f"{step / steps_per_epoch:.4f}", f"{loss.item():.6f}",
                                  f"{scheduler.get_last_lr()[0]:.6g}", f"{time.perf_counter() - start:.2f}"])
                 if step == total_steps:
                     break
-    for h in handles:
-        h.remove()
+    if sparsifier is not None:
+        sparsifier.finalize()
     tail = max(1, min(steps_per_epoch, len(losses)), len(losses) // 10)
     total = sum(p.numel() for p in model.parameters())
-    pruned = sum(int((~m).sum()) for m in masks.values()) if masks else 0
     log.info("trained %d steps in %.1f s, final loss %.4f", step, time.perf_counter() - start, sum(losses[-tail:]) / tail)
     return TrainResult(
         steps=step,
         final_train_loss=sum(losses[-tail:]) / tail,
         wall_seconds=time.perf_counter() - start,
-        trainable_params=total - pruned,
+        trainable_params=sparsifier.trainable_count() if sparsifier else sum(p.numel() for p in trainable),
         total_params=total,
     )
 

@@ -3,7 +3,7 @@
 Conventions (methods.md, shared conventions):
 - a mask is a bool tensor shaped like its weight, True = kept;
 - exactly k = round((1 - s) * numel) weights are kept (round half up), over the whole prunable set
-  for `global` and per matrix for `layerwise`;
+  for `global`, per matrix for `layerwise` and per output row for `row`;
 - ties are broken by position: among equal scores the earlier weight (prunable order, then
   row-major) is kept, so masks are deterministic and nested across sparsities (the set kept at a
   higher sparsity is a subset of the set kept at a lower one).
@@ -70,6 +70,22 @@ def allocate_layerwise(scores: dict[str, torch.Tensor], sparsity: float) -> Mask
         name: top_k_flat(s.flatten().float(), keep_count(s.numel(), sparsity)).reshape(s.shape)
         for name, s in scores.items()
     }
+
+
+@ALLOCATIONS.register("row")
+def allocate_rowwise(scores: dict[str, torch.Tensor], sparsity: float) -> Masks:
+    """The same sparsity in every output row of every matrix (Wanda compares weights within a row).
+
+    scores: (out, in) per matrix; each row keeps k = round((1 - s) * in), ties to the lower index.
+    """
+    masks = {}
+    for name, s in scores.items():
+        k = keep_count(s.shape[-1], sparsity)
+        order = torch.sort(s.float(), dim=-1, descending=True, stable=True).indices  # (out, in)
+        keep = torch.zeros_like(s, dtype=torch.bool)
+        keep.scatter_(-1, order[:, :k], True)
+        masks[name] = keep
+    return masks
 
 
 @dataclass(frozen=True)
@@ -150,10 +166,12 @@ def sparsity_report(masks: Masks, requested: float, allocation: str, structure: 
              "achieved": 1.0 - n_kept / mask.numel()}
         )
     per_matrix = structure.is_nm or allocation == "layerwise"
-    for row in matrices:
-        if per_matrix and abs(row["kept"] - keep_count(row["numel"], requested)) > 0:
-            raise AssertionError(f"{row['name']}: kept {row['kept']} weights, expected {keep_count(row['numel'], requested)}")
-    if not per_matrix and kept != keep_count(total, requested):
+    for row, mask in zip(matrices, masks.values()):
+        expected = (mask.shape[0] * keep_count(mask.shape[1], requested) if allocation == "row" and not structure.is_nm
+                    else keep_count(row["numel"], requested))
+        if (per_matrix or allocation == "row") and row["kept"] != expected:
+            raise AssertionError(f"{row['name']}: kept {row['kept']} weights, expected {expected}")
+    if allocation == "global" and not structure.is_nm and kept != keep_count(total, requested):
         raise AssertionError(f"kept {kept} weights overall, expected {keep_count(total, requested)}")
     return {
         "requested_sparsity": requested,

@@ -23,6 +23,7 @@ from sparselab.masks import Structure, build_masks, sparsity_report
 from sparselab.modeling import configure_threads, load_classifier, load_tokenizer, pick_device
 from sparselab.prunable import select_prunable
 from sparselab.scoring import SCORERS, ScoringContext
+from sparselab.sparsifiers import SPARSIFIERS, FixedMask, Sparsifier, Target
 
 
 def compute_scores(model: nn.Module, method: dict, prunable: dict, data_dir: Path, model_dir: Path, seed: int) -> dict[str, torch.Tensor]:
@@ -62,10 +63,34 @@ def prune_stage(scores_path: Path, mask_path: Path, report_path: Path, sparsity:
     write_json(report_path, report)
 
 
+def build_sparsifier(model: nn.Module, mask_path: Path | None, during_training: dict | None) -> Sparsifier | None:
+    """The sparsifier of a run attached to `model`: the prune stage's mask held fixed, a
+    during-training method (its params.yaml entry, target and prunable set), or None (dense)."""
+    if mask_path is not None:
+        masks = load_masks(mask_path)
+        params = dict(model.named_parameters())
+        sparsifier = FixedMask(masks)
+        sparsifier.attach(model, {name: params[name] for name in masks}, target=None)
+        return sparsifier
+    if during_training is None:
+        return None
+    method = during_training["method"]
+    sparsifier = SPARSIFIERS.get(method["sparsifier"])(**{k: v for k, v in method.items() if k != "sparsifier"})
+    prunable = during_training["prunable"]
+    target = Target(during_training["sparsity"], during_training["allocation"], Structure.parse(during_training["structure"]))
+    sparsifier.attach(model, select_prunable(model, prunable["include"], prunable["exclude"]), target)
+    return sparsifier
+
+
 def finetune_stage(
-    model_dir: Path, data_dir: Path, mask_path: Path | None, out_dir: Path, recipe: dict, seed: int, threads: int
+    model_dir: Path, data_dir: Path, mask_path: Path | None, out_dir: Path, recipe: dict, seed: int, threads: int,
+    during_training: dict | None = None,
 ) -> None:
-    """Fine-tune the pretrained model (masked if a mask is given) and save checkpoint, log, metrics."""
+    """Fine-tune the pretrained model and save the checkpoint, the per-step log and train metrics.
+
+    With `mask_path` the prune stage's mask is held fixed; with `during_training` a sparsifier
+    prunes on its schedule; with neither the run is dense.
+    """
     configure_threads(threads)
     verify_record(model_dir)
     verify_record(data_dir)
@@ -73,12 +98,12 @@ def finetune_stage(
     parsed_recipe = recipe_from_config(recipe)
     rows = load_split(data_dir, "train")[: parsed_recipe.max_train_examples]
     data = encode(rows, load_tokenizer(model_dir), task["text_fields"], parsed_recipe.max_length, task["labels"] is None)
-    model = load_classifier(model_dir, task, seed)
-    masks = load_masks(mask_path) if mask_path else None
     device = pick_device()
+    model = load_classifier(model_dir, task, seed).to(device)
+    sparsifier = build_sparsifier(model, mask_path, during_training)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "train_log.csv") as log_tmp:
-        result = train(model, data, parsed_recipe, seed, device, log_tmp, masks)
+        result = train(model, data, parsed_recipe, seed, device, log_tmp, sparsifier)
     model.to("cpu")
     with atomic_path(out_dir / "config.json") as config_tmp:
         model.config.to_json_file(str(config_tmp))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -53,3 +53,20 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+class Configurable:
+    """A registered entry with hyper-parameters settable from params.yaml.
+
+    `hyperparameters` maps each accepted name to its default; the config validation reads it and
+    checks values against the default's type.
+    """
+
+    hyperparameters: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **hyper: Any) -> None:
+        unknown = sorted(set(hyper) - set(self.hyperparameters))
+        if unknown:
+            allowed = ", ".join(sorted(self.hyperparameters)) or "none"
+            raise ValueError(f"unknown hyper-parameter {unknown[0]!r} (allowed: {allowed})")
+        self.hyper = {**self.hyperparameters, **hyper}

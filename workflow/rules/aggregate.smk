@@ -14,7 +14,7 @@ rule aggregate:
         essential="results/tables/essential_sparsity.csv",
         metrics="results/metrics.json",
     params:
-        runs=[run.as_dict() for run in RUNS],
+        runs=[{**run.as_dict(), "stages": stages_of(run)} for run in RUNS],
         epsilon=config["evaluation"]["epsilon"],
     conda:
         "../../environment.yml"

@@ -14,8 +14,16 @@ except ConfigError as error:
 
 RUNS = expand_studies(config)
 RUN_BY_KEY = runs_by_key(RUNS)
-SPARSE_RUN_BY_KEY = {key: run for key, run in RUN_BY_KEY.items() if not run.dense}
-MASK_RUN_BY_PREFIX = {run.mask_prefix.removeprefix("results/masks/"): run for run in SPARSE_RUN_BY_KEY.values()}
+
+
+def one_shot(run):
+    """Scored and pruned before fine-tuning (a `scorer:` method), as opposed to a during-training one."""
+    return "scorer" in config["methods"][run.method]
+
+
+MASK_RUN_BY_PREFIX = {
+    run.mask_prefix.removeprefix("results/masks/"): run for run in RUN_BY_KEY.values() if not run.dense and one_shot(run)
+}
 
 
 def one_of(keys):
@@ -30,10 +38,15 @@ wildcard_constraints:
     seed=r"\d+",
     run=one_of(RUN_BY_KEY),
     mask=one_of(MASK_RUN_BY_PREFIX),
+    oneshot_run=one_of(key for key, run in RUN_BY_KEY.items() if not run.dense and one_shot(run)),
 
 
 def run_of(wildcards):
     return RUN_BY_KEY[wildcards.run]
+
+
+def oneshot_of(wildcards):
+    return RUN_BY_KEY[wildcards.oneshot_run]
 
 
 def model_dir(run):
@@ -57,9 +70,27 @@ def evaluation_settings():
     return {k: v for k, v in config["evaluation"].items() if k != "epsilon"}
 
 
+def stages_of(run):
+    """The evaluations of a run: `pruned` (the dense model pruned one-shot) exists for one-shot methods."""
+    return ["pruned", "finetuned"] if one_shot(run) else ["finetuned"]
+
+
 def evaluation_targets():
-    """Every evaluation record the tables need: both stages of each sparse run, and every dense run."""
+    """Every evaluation record the tables need, and every dense run's."""
     targets = {f"results/eval/{run.dense_key}/finetuned.json" for run in RUNS}
     for run in RUNS:
-        targets |= {run.eval_path("finetuned"), run.eval_path("pruned")}
+        targets |= {run.eval_path(stage) for stage in stages_of(run)}
     return sorted(targets)
+
+
+def during_training(run):
+    """What a during-training method needs in the fine-tune job: its entry, target and prunable set."""
+    if run.dense or one_shot(run):
+        return None
+    return {
+        "method": config["methods"][run.method],
+        "sparsity": run.sparsity,
+        "allocation": run.allocation,
+        "structure": run.structure,
+        "prunable": prunable_of(run),
+    }

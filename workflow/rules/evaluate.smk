@@ -27,20 +27,20 @@ rule evaluate_finetuned:
 
 rule evaluate_oneshot:
     input:
-        dense=lambda w: f"results/finetune/{run_of(w).dense_key}/model.safetensors",
-        model=lambda w: model_dir(run_of(w)),
-        data=lambda w: data_dir(run_of(w)),
+        dense=lambda w: f"results/finetune/{oneshot_of(w).dense_key}/model.safetensors",
+        model=lambda w: model_dir(oneshot_of(w)),
+        data=lambda w: data_dir(oneshot_of(w)),
     output:
-        record="results/eval/{run}/pruned.json",
+        record="results/eval/{oneshot_run}/pruned.json",
     params:
-        method=lambda w: config["methods"][run_of(w).method],
-        prunable=lambda w: prunable_of(run_of(w)),
-        allocation=lambda w: run_of(w).allocation,
-        structure=lambda w: run_of(w).structure,
-        sparsity=lambda w: run_of(w).sparsity,
-        seed=lambda w: run_of(w).seed,
+        method=lambda w: config["methods"][oneshot_of(w).method],
+        prunable=lambda w: prunable_of(oneshot_of(w)),
+        allocation=lambda w: oneshot_of(w).allocation,
+        structure=lambda w: oneshot_of(w).structure,
+        sparsity=lambda w: oneshot_of(w).sparsity,
+        seed=lambda w: oneshot_of(w).seed,
         evaluation=evaluation_settings(),
-        max_length=lambda w: recipe_of(run_of(w))["max_length"],
+        max_length=lambda w: recipe_of(oneshot_of(w))["max_length"],
     threads: 2
     resources:
         mem_mb=4000,
@@ -48,6 +48,6 @@ rule evaluate_oneshot:
     conda:
         "../../environment.yml"
     log:
-        "results/logs/evaluate_oneshot/{run}.log",
+        "results/logs/evaluate_oneshot/{oneshot_run}.log",
     script:
         "../scripts/evaluate_oneshot.py"

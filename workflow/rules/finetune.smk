@@ -1,4 +1,5 @@
-# Fine-tune with the mask held fixed (the dense run has no mask): a GPU job on a cluster.
+# Fine-tune: with the prune stage's mask held fixed (one-shot methods), under a during-training
+# sparsifier (gmp, ...), or densely (the dense run). A GPU job on a cluster.
 # Priorities: scoring and pruning first (cheap, they unlock fine-tunes), then fine-tunes, then
 # evaluations, so that short jobs fill the end of a run instead of one long job on one core.
 
@@ -6,7 +7,7 @@
 def finetune_inputs(wildcards):
     run = run_of(wildcards)
     inputs = {"model": model_dir(run), "data": data_dir(run)}
-    if not run.dense:
+    if not run.dense and one_shot(run):
         inputs["mask"] = f"{run.mask_prefix}/mask.safetensors"
     return inputs
 
@@ -22,6 +23,7 @@ rule finetune:
     params:
         recipe=lambda w: recipe_of(run_of(w)),
         seed=lambda w: run_of(w).seed,
+        during_training=lambda w: during_training(run_of(w)),
     threads: 2
     resources:
         mem_mb=lambda w, attempt: 8000 * attempt,

@@ -1,4 +1,4 @@
-"""Rule finetune: fine-tune the pretrained model with its mask held fixed (none for dense)."""
+"""Rule finetune: fine-tune the pretrained model (mask fixed, during-training sparsifier, or dense)."""
 
 from pathlib import Path
 
@@ -14,4 +14,5 @@ with log_to(snakemake.log[0]):
         recipe=snakemake.params.recipe,
         seed=snakemake.params.seed,
         threads=snakemake.threads,
+        during_training=snakemake.params.during_training,
     )

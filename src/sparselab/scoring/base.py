@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from sparselab.batches import CalibrationData
-from sparselab.registry import Registry
+from sparselab.registry import Configurable, Registry
 
 
 @dataclass
@@ -30,22 +30,15 @@ class ScoringContext:
     generator: torch.Generator
 
 
-class Scorer(ABC):
+class Scorer(Configurable, ABC):
     """One importance-scoring method. Subclasses register with `@SCORERS.register(name)`.
 
-    `hyperparameters` maps each accepted hyper-parameter to its default; params.yaml sets them
-    in the method entry next to `scorer:`.
+    Hyper-parameters (name -> default in `hyperparameters`) are set in params.yaml next to
+    `scorer:`. `needs_data` scorers get labelled calibration batches through the context.
     """
 
-    hyperparameters: ClassVar[dict[str, Any]] = {}
     needs_data: ClassVar[bool] = False
-
-    def __init__(self, **hyper: Any) -> None:
-        unknown = sorted(set(hyper) - set(self.hyperparameters))
-        if unknown:
-            allowed = ", ".join(sorted(self.hyperparameters)) or "none"
-            raise ValueError(f"unknown hyper-parameter {unknown[0]!r} (allowed: {allowed})")
-        self.hyper = {**self.hyperparameters, **hyper}
+    allowed_allocations: ClassVar[tuple[str, ...] | None] = None  # None: every registered allocation
 
     @abstractmethod
     def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:

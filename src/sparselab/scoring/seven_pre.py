@@ -1,0 +1,76 @@
+"""SEVEN-pre: SEVEN's sentinel score accumulated over calibration batches on the pretrained model.
+
+`SevenState` holds the per-matrix SEVEN update and is shared with SEVEN during fine-tuning.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparselab.scoring.base import SCORERS, Scorer, ScoringContext
+from sparselab.scoring.taylor import calibration_gradients
+
+
+class SevenState:
+    """SEVEN's running statistics of one weight matrix (methods.md, section 3).
+
+    At step t = 0, 1, ... with g = |G|:
+        m_t = a1 m_{t-1} + (1 - a1) g            v_t = a2 v_{t-1} + (1 - a2) g^2
+        m^ = m_t / (1 - a1^(t+1))                v^ = v_t / (1 - a2^(t+1))
+        I_t = I_{t-1} + |W * g * m^ / (sqrt(v^) + eps)|
+    m^ / sqrt(v^) is 1 for a steady gradient and small for a noisy one (the "sentinel" preference).
+    m, v and score are float32 tensors shaped like the weight (out x in), None before the first
+    update; `steps` counts the updates so far.
+    """
+
+    def __init__(self, a1: float = 0.8, a2: float = 0.9, eps: float = 1e-9) -> None:
+        if not (0.0 <= a1 < 1.0 and 0.0 <= a2 < 1.0):
+            raise ValueError(f"SEVEN needs 0 <= a1, a2 < 1 (got a1={a1}, a2={a2})")
+        self.a1, self.a2, self.eps = a1, a2, eps
+        self.m: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.score: torch.Tensor | None = None
+        self.steps = 0
+
+    @property
+    def m_hat(self) -> torch.Tensor:
+        """Bias-corrected first moment of |G| after the latest update, (out x in)."""
+        return self.m / (1.0 - self.a1**self.steps)
+
+    @property
+    def v_hat(self) -> torch.Tensor:
+        """Bias-corrected second moment of |G| after the latest update, (out x in)."""
+        return self.v / (1.0 - self.a2**self.steps)
+
+    def update(self, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """One SEVEN step with the weight W and its gradient G (both out x in); returns the
+        accumulated score I_t (float32, out x in)."""
+        g = grad.detach().abs().float()
+        if self.steps == 0:
+            self.m = torch.zeros_like(g)
+            self.v = torch.zeros_like(g)
+            self.score = torch.zeros_like(g)
+        self.m.mul_(self.a1).add_(g, alpha=1.0 - self.a1)
+        self.v.mul_(self.a2).add_(g * g, alpha=1.0 - self.a2)
+        self.steps += 1
+        self.score += (weight.detach().float() * g * self.m_hat / (self.v_hat.sqrt() + self.eps)).abs()
+        return self.score
+
+
+@SCORERS.register("seven_pre")
+class SevenPreScorer(Scorer):
+    """SEVEN-pre: `SevenState` fed the task-loss gradients of `window` calibration batches (fewer
+    if the calibration rows run out) on the pretrained model in eval mode; weights not updated.
+    The score is I_{T-1}, the sum of the per-step increments.
+    """
+
+    hyperparameters = {"window": 32, "a1": 0.8, "a2": 0.9, "batch_size": 32, "max_length": 128}
+    needs_data = True
+
+    def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
+        states = {name: SevenState(float(self.hyper["a1"]), float(self.hyper["a2"])) for name in ctx.prunable}
+        for grads in calibration_gradients(ctx, "seven_pre", self.hyper["window"],
+                                           self.hyper["batch_size"], self.hyper["max_length"]):
+            for name, weight in ctx.prunable.items():
+                states[name].update(weight, grads[name])
+        return {name: state.score for name, state in states.items()}

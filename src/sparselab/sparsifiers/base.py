@@ -1,0 +1,99 @@
+"""The sparsifier interface: what keeps a model sparse while it trains.
+
+A sparsifier owns the masks of the prunable matrices during fine-tuning. The caller `attach`es it
+to the model; the training loop calls `begin` with the number of optimizer steps, `after_backward`
+after every backward pass (gradients are available), `after_step` after every optimizer step and
+`finalize` at the end. A one-shot method uses `FixedMask` (the mask of the prune
+stage, held fixed); a during-training method (gmp, seven_dyn, pst) changes the masks on its
+schedule. Masks are bool tensors shaped like their weights, True = kept.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from sparselab.masks import Structure
+from sparselab.registry import Configurable, Registry
+
+
+@dataclass(frozen=True)
+class Target:
+    """The sparsity a run must reach, and how it is allocated and structured."""
+
+    sparsity: float
+    allocation: str
+    structure: Structure
+
+
+class Sparsifier(Configurable, ABC):
+    """Base class: masks gradients and weights of the prunable matrices with the current masks.
+
+    Gradients are masked after backward, so AdamW's moments of a pruned weight stay 0 (its update
+    0 / (sqrt(0) + eps) = 0); weights are masked after each step, so a weight pruned by a later
+    mask update is zero from then on even though its moments are not. Subclasses that train
+    something other than the weights (PST) override the three hooks.
+    """
+
+    allowed_allocations: ClassVar[tuple[str, ...] | None] = None  # None: every registered allocation
+    allows_nm: ClassVar[bool] = True
+
+    def attach(self, model: nn.Module, prunable: dict[str, nn.Parameter], target: Target) -> None:
+        """Bind to `model`; `prunable` maps names to its prunable weights (out x in)."""
+        self.model = model
+        self.prunable = prunable
+        self.target = target
+        self.masks: dict[str, torch.Tensor] = {
+            name: torch.ones_like(weight, dtype=torch.bool) for name, weight in prunable.items()
+        }
+
+    def begin(self, total_steps: int) -> None:
+        """Called by the training loop before the first step."""
+        self.total_steps = total_steps
+        self.apply_masks()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer updates (all parameters unless the method freezes some)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def trainable_count(self) -> int:
+        """Parameters the run actually trains: pruned weights never change, so they do not count."""
+        pruned = sum(int((~mask).sum()) for mask in self.masks.values())
+        return sum(p.numel() for p in self.trainable_parameters()) - pruned
+
+    def after_backward(self, step: int) -> None:
+        with torch.no_grad():
+            for name, weight in self.prunable.items():
+                if weight.grad is not None:
+                    weight.grad.mul_(self.masks[name])
+
+    def after_step(self, step: int) -> None:
+        self.apply_masks()
+
+    def apply_masks(self) -> None:
+        with torch.no_grad():
+            for name, weight in self.prunable.items():
+                weight.mul_(self.masks[name])
+
+    def finalize(self) -> None:
+        """Called after training: leave a plain model whose pruned weights are exactly zero."""
+        self.apply_masks()
+
+
+SPARSIFIERS: Registry[type[Sparsifier]] = Registry("sparsifier")
+
+
+class FixedMask(Sparsifier):
+    """The mask of the prune stage, held fixed for the whole run (one-shot methods)."""
+
+    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.fixed = masks
+
+    def attach(self, model: nn.Module, prunable: dict[str, nn.Parameter], target: Target) -> None:
+        super().attach(model, prunable, target)
+        self.masks = {name: self.fixed[name].to(weight.device) for name, weight in prunable.items()}

@@ -1,0 +1,263 @@
+"""PST (methods.md section 5): first mask, exact per-layer sparsity, schedule, counts, gradients, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import BertConfig, BertForSequenceClassification
+
+from sparselab.masks import Structure, build_masks, keep_count
+from sparselab.prunable import select_prunable
+from sparselab.sparsifiers import SPARSIFIERS, Target
+from sparselab.sparsifiers.pst import ParameterEfficientSparseTraining
+
+from conftest import BERT_PRUNABLE
+
+
+def layerwise(sparsity: float) -> Target:
+    return Target(sparsity, "layerwise", Structure())
+
+
+def attach_pst(model, sparsity=0.75, **hyper):
+    prunable = select_prunable(model, BERT_PRUNABLE["include"], BERT_PRUNABLE["exclude"])
+    sparsifier = ParameterEfficientSparseTraining(**hyper)
+    sparsifier.attach(model, prunable, layerwise(sparsity))
+    return sparsifier, prunable
+
+
+def toy_batch(step: int, size: int = 8, length: int = 10) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    ids = torch.randint(5, 120, (size, length), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": (ids[:, 1] > 60).long()}
+
+
+def run_steps(model, sparsifier, steps: int, lr: float = 1e-2, on_step=None) -> None:
+    """The hook sequence of the training loop (finetune.train), with a real AdamW."""
+    sparsifier.begin(steps)
+    optimizer = torch.optim.AdamW(sparsifier.trainable_parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    for step in range(steps):
+        loss = model(**toy_batch(step)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        sparsifier.after_backward(step)
+        optimizer.step()
+        sparsifier.after_step(step)
+        if on_step is not None:
+            on_step(step)
+
+
+def linear_of(model, name: str) -> nn.Linear:
+    return model.get_submodule(name.rpartition(".")[0])
+
+
+def test_registered_with_its_defaults():
+    cls = SPARSIFIERS.get("pst")
+    assert cls is ParameterEfficientSparseTraining
+    assert cls.hyperparameters == {"rank_w": 8, "rank_m": 8, "start": 0.1, "end": 0.7, "train_head": True}
+    assert cls.allowed_allocations == ("layerwise",) and cls.allows_nm is False
+
+
+@pytest.mark.parametrize("target", [Target(0.5, "global", Structure()), Target(0.5, "layerwise", Structure(2, 4))])
+def test_refuses_global_allocation_and_nm(tiny_bert, target):
+    prunable = select_prunable(tiny_bert, BERT_PRUNABLE["include"], [])
+    with pytest.raises(ValueError, match="layerwise"):
+        ParameterEfficientSparseTraining().attach(tiny_bert, prunable, target)
+
+
+def test_first_mask_is_the_layerwise_magnitude_mask(tiny_bert):
+    magnitudes = {n: p.detach().abs().clone() for n, p in tiny_bert.named_parameters()}
+    sparsifier, prunable = attach_pst(tiny_bert, sparsity=0.75)
+    sparsifier.begin(100)
+    s0 = sparsifier.scheduled_sparsity(0)
+    assert s0 == 0.0
+    expected = build_masks({n: magnitudes[n] for n in prunable}, s0, "layerwise", Structure())
+    assert all(torch.equal(sparsifier.masks[n], expected[n]) for n in prunable)
+    assert all(m.all() for m in sparsifier.masks.values())
+
+    # forced non-zero sparsity at step 0 (start = end = 0: the target at once)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert.config).eval()
+    magnitudes = {n: p.detach().abs().clone() for n, p in model.named_parameters()}
+    sparsifier, prunable = attach_pst(model, sparsity=0.6, start=0.0, end=0.0)
+    sparsifier.begin(100)
+    assert sparsifier.scheduled_sparsity(0) == 0.6
+    expected = build_masks({n: magnitudes[n] for n in prunable}, 0.6, "layerwise", Structure())
+    for name, weight in prunable.items():
+        assert torch.equal(sparsifier.masks[name], expected[name]), name
+        # the layer computes with W * M (U V = 0 at the start)
+        assert torch.equal(linear_of(model, name).weight, weight.detach() * expected[name])
+
+
+def test_schedule_at_10_40_70_percent(tiny_bert):
+    sparsifier, _ = attach_pst(tiny_bert, sparsity=0.9)
+    sparsifier.begin(100)
+    assert sparsifier.scheduled_sparsity(10) == pytest.approx(0.0)
+    assert sparsifier.scheduled_sparsity(40) == pytest.approx(0.9 - 0.9 * 0.5**3)
+    assert sparsifier.scheduled_sparsity(70) == pytest.approx(0.9)
+
+
+def test_per_layer_sparsity_is_exact_at_every_step(tiny_bert):
+    sparsifier, prunable = attach_pst(tiny_bert, sparsity=0.8)
+    seen = []
+
+    def check(step):
+        sparsity = sparsifier.scheduled_sparsity(step + 1)
+        seen.append(sparsity)
+        for name, mask in sparsifier.masks.items():
+            assert int(mask.sum()) == keep_count(mask.numel(), sparsity), (step, name)
+            with torch.no_grad():
+                assert (linear_of(tiny_bert, name).weight[~mask] == 0).all()
+
+    run_steps(tiny_bert, sparsifier, 10, on_step=check)
+    assert seen[0] == 0.0 and 0.0 < seen[2] < 0.8 and seen[-1] == 0.8  # 0, ramp, target
+
+
+def bert_base_on_meta(rank_w, rank_m, train_head):
+    config = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    with torch.device("meta"):
+        model = BertForSequenceClassification(config)
+    sparsifier, prunable = attach_pst(model, rank_w=rank_w, rank_m=rank_m, train_head=train_head)
+    assert len(prunable) == 72
+    return model, sparsifier
+
+
+def test_trainable_count_on_bert_base_shapes():
+    model, pst = bert_base_on_meta(8, 8, train_head=False)
+    base_total = 109_482_240  # BERT-base without head (embeddings, encoder, pooler)
+    assert sum(p.numel() for n, p in model.base_model.named_parameters() if "parametrizations" not in n
+               or n.endswith("original")) == base_total
+    # per matrix (r_w + r_m + 1) * (out + in); per layer 4 * (768 + 768) + 2 * (3072 + 768)
+    assert pst.trainable_count() == 17 * (4 * 1536 + 2 * 3840) * 12 == 2_820_096
+    assert round(100 * pst.trainable_count() / base_total, 2) == 2.58
+
+    _, pst4 = bert_base_on_meta(4, 4, train_head=False)
+    assert pst4.trainable_count() == 9 * 13_824 * 12
+    assert round(100 * pst4.trainable_count() / base_total, 2) == 1.36
+
+    _, with_head = bert_base_on_meta(8, 8, train_head=True)
+    assert with_head.trainable_count() == 2_820_096 + 768 * 2 + 2  # classifier weight and bias
+
+
+def test_gradients_reach_the_pst_parameters_only(tiny_bert):
+    sparsifier, prunable = attach_pst(tiny_bert, sparsity=0.5, start=0.0, end=0.0)
+    sparsifier.begin(10)
+    layers = sparsifier._layers
+    optimizer = torch.optim.AdamW(sparsifier.trainable_parameters(), lr=1e-2)
+    tiny_bert.train()
+
+    tiny_bert(**toy_batch(0)).loss.backward()
+    for layer in layers.values():
+        for p in (layer.V, layer.B, layer.R, layer.C):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+        # V = B = 0 at the start, so U and A get exactly zero gradients (as in LoRA) ...
+        assert layer.U.grad.abs().sum() == 0 and layer.A.grad.abs().sum() == 0
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tiny_bert(**toy_batch(1)).loss.backward()
+    for layer in layers.values():  # ... and non-zero ones once V and B have moved
+        for p in (layer.U, layer.V, layer.A, layer.B, layer.R, layer.C):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+
+    for weight in prunable.values():
+        assert not weight.requires_grad and weight.grad is None
+    params = dict(tiny_bert.named_parameters())
+    for name in ("bert.embeddings.word_embeddings.weight", "bert.pooler.dense.weight",
+                 "bert.encoder.layer.0.attention.output.LayerNorm.weight", "bert.encoder.layer.0.intermediate.dense.bias"):
+        assert not params[name].requires_grad and params[name].grad is None, name
+    assert params["classifier.weight"].grad is not None and params["classifier.bias"].grad is not None
+    trainable = {id(p) for p in sparsifier.trainable_parameters()}
+    assert {n for n, p in tiny_bert.named_parameters() if id(p) in trainable and "parametrizations" not in n} == {
+        "classifier.weight", "classifier.bias"}
+
+
+def test_straight_through_gradients_by_hand():
+    # one Linear, loss = sum of outputs: dL/dW_masked[i, j] = sum_b x[b, j] whatever the mask
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3, bias=False))
+    sparsifier = ParameterEfficientSparseTraining(rank_w=2, rank_m=2, start=0.0, end=0.0)
+    sparsifier.attach(model, {"0.weight": model[0].weight}, layerwise(0.5))
+    sparsifier.begin(1)
+    layer = sparsifier._layers["0.weight"]
+    with torch.no_grad():
+        layer.V.normal_()
+    x = torch.randn(5, 4)
+    model(x).sum().backward()
+    g = x.sum(0).expand(3, 4)  # (out, in)
+    effective = (model[0].parametrizations.weight.original + layer.U @ layer.V).detach()
+    mask = sparsifier.masks["0.weight"]
+    assert int(mask.sum()) == 6
+    assert torch.allclose(layer.R.grad, (g * effective).sum(1))  # dS = g * W' (straight through M)
+    assert torch.allclose(layer.C.grad, (g * effective).sum(0))
+    d_effective = g * mask + g * effective * effective.sign()  # through W' * M and through |W'| in S
+    assert torch.allclose(layer.V.grad, layer.U.detach().T @ d_effective, atol=1e-6)
+
+
+def test_train_then_finalize_exports_a_plain_sparse_model(tiny_bert):
+    keys = set(tiny_bert.state_dict())
+    before = {n: p.detach().clone() for n, p in tiny_bert.named_parameters()}
+    sparsifier, prunable = attach_pst(tiny_bert, sparsity=0.75)
+    count = sparsifier.trainable_count()
+    run_steps(tiny_bert, sparsifier, 6)
+    assert sparsifier.sparsity == 0.75
+
+    expected = {}
+    with torch.no_grad():
+        for name, layer in sparsifier._layers.items():
+            expected[name] = (prunable[name] + layer.U @ layer.V) * sparsifier.masks[name]
+        tiny_bert.eval()
+        logits_before = tiny_bert(**toy_batch(99)).logits
+    masks = {n: m.clone() for n, m in sparsifier.masks.items()}
+
+    sparsifier.finalize()
+    assert not any(parametrize.is_parametrized(m) for m in tiny_bert.modules())
+    assert set(tiny_bert.state_dict()) == keys
+    assert all(p.requires_grad for p in tiny_bert.parameters())
+    params = dict(tiny_bert.named_parameters())
+    for name, weight in prunable.items():
+        assert params[name] is weight
+        assert torch.allclose(weight, expected[name], rtol=0, atol=1e-7), name
+        assert int((weight != 0).sum()) == keep_count(weight.numel(), 0.75), name
+        assert torch.equal(sparsifier.masks[name], masks[name])
+        assert torch.equal(sparsifier.masks[name], weight != 0)
+        assert not torch.equal(weight, before[name] * masks[name])  # U V was merged
+    assert sparsifier.trainable_count() == count
+    with torch.no_grad():
+        assert torch.allclose(tiny_bert(**toy_batch(99)).logits, logits_before, atol=1e-5)
+    # frozen parts did not move; the head (train_head: true by default) did
+    assert torch.equal(params["bert.embeddings.word_embeddings.weight"], before["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(params["bert.pooler.dense.weight"], before["bert.pooler.dense.weight"])
+    assert not torch.equal(params["classifier.weight"], before["classifier.weight"])
+
+
+def test_train_head_false_leaves_the_classifier_unchanged(tiny_bert):
+    head = {n: p.detach().clone() for n, p in tiny_bert.classifier.named_parameters()}
+    sparsifier, _ = attach_pst(tiny_bert, sparsity=0.5, train_head=False)
+    assert sparsifier.trainable_count() == sum(p.numel() for p in sparsifier.pst_parameters())
+    assert not any(p is tiny_bert.classifier.weight for p in sparsifier.trainable_parameters())
+    run_steps(tiny_bert, sparsifier, 4)
+    sparsifier.finalize()
+    for name, param in tiny_bert.classifier.named_parameters():
+        assert torch.equal(param, head[name]), name
+
+
+def test_mask_is_cached_between_optimizer_steps(tiny_bert):
+    sparsifier, prunable = attach_pst(tiny_bert, sparsity=0.5, start=0.0, end=0.0)
+    sparsifier.begin(10)
+    name = next(iter(prunable))
+    layer, linear = sparsifier._layers[name], linear_of(tiny_bert, name)
+    first = sparsifier.masks[name].clone()
+    with torch.no_grad():
+        layer.C[:16] = 100.0  # the first 16 inputs now outscore every other column
+    tiny_bert.train()
+    tiny_bert(**toy_batch(0)).loss.backward()  # forward passes reuse the cached mask
+    with torch.no_grad():
+        tiny_bert.eval()(**toy_batch(1))
+        assert torch.equal(sparsifier.masks[name], first)
+        assert torch.equal(linear.weight, prunable[name] * first)
+    sparsifier.after_step(0)  # the update keeps columns 0..15 (half of the 32 x 32 query matrix)
+    expected = torch.zeros_like(first)
+    expected[:, :16] = True
+    assert torch.equal(sparsifier.masks[name], expected)
