@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import BERT_PRUNABLE
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers import BertConfig, BertForSequenceClassification
@@ -12,8 +13,6 @@ from sparselab.masks import Structure, build_masks, keep_count
 from sparselab.prunable import select_prunable
 from sparselab.sparsifiers import SPARSIFIERS, Target
 from sparselab.sparsifiers.pst import ParameterEfficientSparseTraining
-
-from conftest import BERT_PRUNABLE
 
 
 def layerwise(sparsity: float) -> Target:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_finetune import toy_data
 
 from sparselab.finetune import Recipe, train
 from sparselab.masks import Structure, keep_count
@@ -11,7 +12,6 @@ from sparselab.prunable import select_prunable
 from sparselab.sparsifiers import SPARSIFIERS, Target
 from sparselab.sparsifiers.gmp import GradualMagnitude
 from sparselab.sparsifiers.seven_dyn import SevenDynamic
-from test_finetune import toy_data
 
 
 def attached(name, model, prunable, sparsity=0.6, allocation=None, **hyper):

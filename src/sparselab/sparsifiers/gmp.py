@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-
 from sparselab.masks import build_masks
 from sparselab.schedules import cubic_sparsity
 from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier
