@@ -4,35 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SMALL
 from torch import nn
-from transformers import BertTokenizer
 
-from sparselab.batches import CalibrationData
 from sparselab.prunable import select_prunable
 from sparselab.scoring import SCORERS, ScoringContext
 from sparselab.scoring.seven_pre import SevenState
 
 CALIBRATED = ["seven_pre", "taylor", "wanda"]
-WORDS = ["good", "bad", "movie", "plot", "great", "awful", "the", "a", "was", "very", "not", "fun"]
-SMALL = {  # tiny runs: 2 batches of 4 rows, at most 16 tokens
-    "taylor": {"num_batches": 2, "batch_size": 4, "max_length": 16},
-    "seven_pre": {"window": 2, "batch_size": 4, "max_length": 16},
-    "wanda": {"num_batches": 2, "batch_size": 4, "max_length": 16},
-}
-
-
-@pytest.fixture
-def calibration(tmp_path) -> CalibrationData:
-    """Two dozen synthetic labelled sentences of varied length (so batches pad), seed 0."""
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for i in range(24):
-        length = int(torch.randint(2, 12, (1,), generator=g))
-        words = [WORDS[j] for j in torch.randint(0, len(WORDS), (length,), generator=g).tolist()]
-        rows.append({"sentence": " ".join(words), "label": i % 2})
-    return CalibrationData(rows, BertTokenizer(str(vocab)), ["sentence"], regression=False, seed=0)
 
 
 def context(model: nn.Module, prunable: dict, calibration) -> ScoringContext:

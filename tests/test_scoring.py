@@ -4,34 +4,43 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SMALL
 
+from sparselab.masks import ALLOCATIONS, Structure, build_masks, sparsity_report
 from sparselab.prunable import select_prunable
 from sparselab.scoring import SCORERS, ScoringContext
 
 
-def context(model, prunable, seed=0):
+def context(model, prunable, seed=0, calibration=None):
     return ScoringContext(
         model=model,
         prunable=select_prunable(model, prunable["include"], prunable["exclude"]),
-        calibration=None,
+        calibration=calibration,
         generator=torch.Generator().manual_seed(seed),
     )
 
 
 @pytest.mark.parametrize("name", SCORERS.names())
-def test_scorer_contract(name, tiny_bert, bert_prunable):
+def test_scorer_contract(name, tiny_bert, bert_prunable, calibration):
+    """Keys and shapes of the prunable set, finite float32, deterministic, and every allowed
+    allocation and structure reach the requested sparsity exactly."""
     scorer_class = SCORERS.get(name)
-    if scorer_class.needs_data:
-        pytest.skip(f"{name} needs calibration data; covered by its own tests")
-    ctx = context(tiny_bert, bert_prunable)
-    scores = scorer_class().score(ctx)
+    ctx = context(tiny_bert, bert_prunable, calibration=calibration)
+    scores = scorer_class(**SMALL.get(name, {})).score(ctx)
     assert list(scores) == list(ctx.prunable)
     for weight_name, weight in ctx.prunable.items():
         assert scores[weight_name].shape == weight.shape
         assert scores[weight_name].dtype == torch.float32
         assert torch.isfinite(scores[weight_name]).all()
-    again = scorer_class().score(context(tiny_bert, bert_prunable))
+    again = scorer_class(**SMALL.get(name, {})).score(context(tiny_bert, bert_prunable, calibration=calibration))
     assert all(torch.equal(scores[k], again[k]) for k in scores), "same seed, same scores"
+    for allocation in scorer_class.allowed_allocations or ALLOCATIONS.names():
+        for sparsity in (0.3, 0.75):
+            masks = build_masks(scores, sparsity, allocation, Structure())
+            sparsity_report(masks, sparsity, allocation, Structure())  # raises unless exact
+    nm = build_masks(scores, 0.5, "layerwise", Structure.parse("2:4"))
+    for mask in nm.values():
+        assert (mask.reshape(mask.shape[0], -1, 4).sum(-1) == 2).all()
 
 
 @pytest.mark.parametrize("name", SCORERS.names())

@@ -43,18 +43,17 @@ def essential_sparsity_figure(runs_csv: Path, essential_csv: Path, png: Path, pd
         dense = panel["dense_value"].mean()
         epsilon = essential["epsilon"].iloc[0]
         ax.axhline(dense, color="0.3", lw=1, label=f"dense ({dense:.3f})")
-        ax.axhspan(dense - epsilon, dense, color="0.85", label=f"within {epsilon:g} of dense")
+        ax.axhspan(dense - epsilon, dense, color="0.85", label=f"within epsilon = {epsilon:g} of dense")
         for (setup, stage), curve in panel.groupby(["setup", "stage"]):
             sns.lineplot(data=curve, x="sparsity", y="value", ax=ax, color=palette[setup],
                          linestyle=STAGE_STYLE[stage], marker="o", errorbar=("ci", 95),
                          label=f"{setup}: {STAGE_LABEL[stage]}")
         marks = essential[(essential["model"] == model) & (essential["task"] == task) & (essential["stage"] == "finetuned")]
         for _, row in marks.iterrows():
-            ax.axvline(row["essential_sparsity"], color=palette.get(row["setup"], "k"), ls=":", lw=1.5)
-            ax.annotate(f"essential sparsity {row['essential_sparsity']:g}", (row["essential_sparsity"], ax.get_ylim()[0]),
-                        xytext=(3, 6), textcoords="offset points", rotation=90, fontsize=8, va="bottom")
+            ax.axvline(row["essential_sparsity"], color=palette.get(row["setup"], "k"), ls=":", lw=1.5,
+                       label=f"essential sparsity {row['essential_sparsity']:g} ({row['setup']})")
         ax.set_title(f"{model} on {task}")
         ax.set_xlabel("sparsity of the prunable set")
         ax.set_ylabel(panel["metric"].iloc[0])
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     save_figure(fig, png, pdf)
