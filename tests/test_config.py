@@ -294,14 +294,15 @@ def test_defaults_are_filled_and_input_untouched(params):
     before = copy.deepcopy(cfg)
     out = validate_config(cfg)
     assert cfg == before
-    assert out["evaluation"] == {"epsilon": 0.01, "batch_size": 128, "latency_batch_size": 32, "latency_repeats": 5}
+    assert out["evaluation"] == {"epsilon": 0.01, "batch_size": 128, "latency_batch_size": 32, "latency_repeats": 5,
+                                 "precision": "fp32"}
     assert out["models"]["minilm"]["prunable"]["exclude"] == []
     assert out["tasks"]["rotten_tomatoes"]["split"] == {"validation": 0.2, "test": 0.2, "seed": 0}
     assert "metrics" not in out["tasks"]["rotten_tomatoes"]  # the data layer picks the task's default
     assert out["recipes"]["short"] == {
         "epochs": 2, "batch_size": 16, "learning_rate": 3.0e-5, "lr_schedule": "linear", "warmup_ratio": 0.0,
         "weight_decay": 0.0, "adam_epsilon": 1.0e-8, "max_length": 128, "max_train_examples": None,
-        "group_by_length": True,
+        "group_by_length": True, "precision": "fp32",
     }
     study = out["studies"]["essential_sparsity"]
     assert (study["allocations"], study["structures"], study["seeds"]) == (["global"], ["unstructured"], [0])

@@ -82,3 +82,13 @@ def test_training_learns_and_is_deterministic(tiny_bert, bert_prunable, tmp_path
 def test_lr_factor(schedule, warmup, step, expected):
     recipe = Recipe(epochs=1, batch_size=1, learning_rate=1.0, lr_schedule=schedule, warmup_ratio=warmup)
     assert lr_factor(step, 10, recipe) == pytest.approx(expected)
+
+
+def test_bf16_autocast_keeps_masks_exact(tiny_bert, bert_prunable, tmp_path):
+    sparsifier = fixed_mask(tiny_bert, bert_prunable)
+    recipe = Recipe(epochs=2, batch_size=8, learning_rate=1e-2, precision="bf16")
+    train(tiny_bert, toy_data(), recipe, 0, torch.device("cpu"), tmp_path / "log.csv", sparsifier)
+    params = dict(tiny_bert.named_parameters())
+    for name, mask in sparsifier.masks.items():
+        assert params[name].dtype == torch.float32
+        assert (params[name][~mask] == 0).all()

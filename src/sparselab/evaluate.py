@@ -11,10 +11,11 @@ from torch import nn
 
 from sparselab.batches import Encoded, collate
 from sparselab.metrics import compute_metrics
+from sparselab.modeling import autocast
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Encoded, batch_size: int, device: torch.device) -> np.ndarray:
+def predict(model: nn.Module, data: Encoded, batch_size: int, device: torch.device, precision: str = "fp32") -> np.ndarray:
     """Class ids (argmax of the logits) or, for regression, the single predicted value per example.
 
     Examples run shortest first so that each batch pads little; predictions come back in file order.
@@ -26,14 +27,17 @@ def predict(model: nn.Module, data: Encoded, batch_size: int, device: torch.devi
         indices = order[start : start + batch_size]
         batch = collate(data, indices)
         batch.pop("labels")
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits  # (batch, num_labels)
+        with autocast(device, precision):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()  # (batch, num_labels)
         predictions[indices] = (logits[:, 0] if data.regression else logits.argmax(dim=-1)).float().cpu()
     return predictions.numpy()
 
 
-def task_metrics(model: nn.Module, data: Encoded, metrics: list[str], batch_size: int, device: torch.device) -> dict[str, float]:
+def task_metrics(
+    model: nn.Module, data: Encoded, metrics: list[str], batch_size: int, device: torch.device, precision: str = "fp32"
+) -> dict[str, float]:
     """Every metric of the task over the whole split (never averaged per batch)."""
-    predictions = predict(model, data, batch_size, device)
+    predictions = predict(model, data, batch_size, device, precision)
     return compute_metrics(metrics, predictions, np.asarray(data.labels))
 
 
@@ -44,7 +48,9 @@ def count_zeros(weights: dict[str, torch.Tensor]) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, batch_size: int, length: int, repeats: int, device: torch.device) -> float:
+def latency_ms(
+    model: nn.Module, batch_size: int, length: int, repeats: int, device: torch.device, precision: str = "fp32"
+) -> float:
     """Median wall time of one forward pass on a (batch_size, length) batch, after one warm-up.
 
     The content of the batch does not matter for dense kernels, only its shape; any valid token does.
@@ -53,11 +59,13 @@ def latency_ms(model: nn.Module, batch_size: int, length: int, repeats: int, dev
     token = min(1000, model.config.vocab_size - 1)
     input_ids = torch.full((batch_size, length), token, dtype=torch.long, device=device)
     mask = torch.ones_like(input_ids)
-    model(input_ids=input_ids, attention_mask=mask)
+    with autocast(device, precision):
+        model(input_ids=input_ids, attention_mask=mask)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(input_ids=input_ids, attention_mask=mask)
+        with autocast(device, precision):
+            model(input_ids=input_ids, attention_mask=mask)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1000)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sparselab.batches import Encoded, iterate_batches
+from sparselab.modeling import autocast
 from sparselab.sparsifiers import Sparsifier
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Recipe:
     max_length: int = 128
     max_train_examples: int | None = None
     group_by_length: bool = True
+    precision: str = "fp32"
 
 
 LR_SCHEDULES = {
@@ -108,7 +110,8 @@ def train(
         while step < total_steps:
             for batch in iterate_batches(data, recipe.batch_size, generator, recipe.group_by_length):
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss = model(**batch).loss
+                with autocast(device, recipe.precision):
+                    loss = model(**batch).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if sparsifier is not None:

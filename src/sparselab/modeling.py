@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -39,6 +40,16 @@ def pick_device() -> torch.device:
         return torch.device("cuda")
     log.info("CUDA is not available: running on CPU")
     return torch.device("cpu")
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass: bf16 autocast (weights and optimizer stay fp32), or
+    plain fp32. bf16 halves the cost of matmuls on CPUs with AVX512-BF16/AMX and on GPUs."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def configure_threads(threads: int) -> None:

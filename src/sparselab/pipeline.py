@@ -127,7 +127,7 @@ def _evaluation_record(model: nn.Module, model_dir: Path, data_dir: Path, prunab
     rows = load_split(data_dir, task["eval_split"])
     data = encode(rows, load_tokenizer(model_dir), task["text_fields"], max_length, task["labels"] is None)
     device = pick_device()
-    metrics = task_metrics(model, data, task["metrics"], evaluation["batch_size"], device)
+    metrics = task_metrics(model, data, task["metrics"], evaluation["batch_size"], device, evaluation["precision"])
     weights = {n: p.detach() for n, p in select_prunable(model, prunable["include"], prunable["exclude"]).items()}
     zeros, prunable_total = count_zeros(weights)
     all_zeros, total = count_zeros({n: p.detach() for n, p in model.named_parameters()})
@@ -155,7 +155,8 @@ def evaluate_finetuned_stage(
     record.update(
         stage="finetuned",
         file_bytes=(checkpoint_dir / "model.safetensors").stat().st_size,
-        latency_ms=latency_ms(model, evaluation["latency_batch_size"], max_length, evaluation["latency_repeats"], pick_device()),
+        latency_ms=latency_ms(model, evaluation["latency_batch_size"], max_length, evaluation["latency_repeats"],
+                              pick_device(), evaluation["precision"]),
         latency_batch=[evaluation["latency_batch_size"], max_length],
         trainable_params=train_metrics["trainable_params"],
         wall_seconds=train_metrics["wall_seconds"],
