@@ -28,7 +28,7 @@ def essential_sparsity_figure(runs_csv: Path, essential_csv: Path, png: Path, pd
     """Headline metric vs sparsity, one panel per (model, task), one colour per pruning set-up.
 
     Solid: fine-tuned with the mask fixed; dashed: the dense fine-tuned model pruned one-shot with
-    no retraining. The grey line is dense, the band is dense - epsilon .. dense, and the dotted
+    no retraining. Points are means over seeds, bands one standard deviation when there are several. The grey line is dense, the band is dense - epsilon .. dense, and the dotted
     vertical line marks the essential sparsity of each fine-tuned curve.
     """
     table = pd.read_csv(runs_csv)
@@ -45,9 +45,12 @@ def essential_sparsity_figure(runs_csv: Path, essential_csv: Path, png: Path, pd
         ax.axhline(dense, color="0.3", lw=1, label=f"dense ({dense:.3f})")
         ax.axhspan(dense - epsilon, dense, color="0.85", label=f"within epsilon = {epsilon:g} of dense")
         for (setup, stage), curve in panel.groupby(["setup", "stage"]):
-            sns.lineplot(data=curve, x="sparsity", y="value", ax=ax, color=palette[setup],
-                         linestyle=STAGE_STYLE[stage], marker="o", errorbar=("ci", 95),
-                         label=f"{setup}: {STAGE_LABEL[stage]}")
+            stats = curve.groupby("sparsity")["value"].agg(["mean", "std", "count"]).reset_index()
+            ax.plot(stats["sparsity"], stats["mean"], color=palette[setup], linestyle=STAGE_STYLE[stage],
+                    marker="o", label=f"{setup}: {STAGE_LABEL[stage]}")
+            if (stats["count"] > 1).any():  # several seeds: mean +- one standard deviation
+                ax.fill_between(stats["sparsity"], stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                                color=palette[setup], alpha=0.15, linewidth=0)
         marks = essential[(essential["model"] == model) & (essential["task"] == task) & (essential["stage"] == "finetuned")]
         for _, row in marks.iterrows():
             ax.axvline(row["essential_sparsity"], color=palette.get(row["setup"], "k"), ls=":", lw=1.5,

@@ -94,3 +94,12 @@ def during_training(run):
         "structure": run.structure,
         "prunable": prunable_of(run),
     }
+
+
+def finetune_inputs(wildcards):
+    """Pretrained model and data, plus the prune stage's mask for a sparse one-shot run."""
+    run = run_of(wildcards)
+    inputs = {"model": model_dir(run), "data": data_dir(run)}
+    if not run.dense and one_shot(run):
+        inputs["mask"] = f"{run.mask_prefix}/mask.safetensors"
+    return inputs

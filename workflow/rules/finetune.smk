@@ -4,14 +4,6 @@
 # evaluations, so that short jobs fill the end of a run instead of one long job on one core.
 
 
-def finetune_inputs(wildcards):
-    run = run_of(wildcards)
-    inputs = {"model": model_dir(run), "data": data_dir(run)}
-    if not run.dense and one_shot(run):
-        inputs["mask"] = f"{run.mask_prefix}/mask.safetensors"
-    return inputs
-
-
 rule finetune:
     input:
         unpack(finetune_inputs),
