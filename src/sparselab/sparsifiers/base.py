@@ -97,3 +97,7 @@ class FixedMask(Sparsifier):
     def attach(self, model: nn.Module, prunable: dict[str, nn.Parameter], target: Target) -> None:
         super().attach(model, prunable, target)
         self.masks = {name: self.fixed[name].to(weight.device) for name, weight in prunable.items()}
+
+    def after_step(self, step: int) -> None:
+        """Nothing to do: the weights were zeroed in `begin` and their gradients and AdamW moments
+        stay zero, so the update of a pruned weight is exactly 0 (weight decay of 0 is 0)."""
