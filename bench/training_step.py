@@ -18,8 +18,9 @@ import torch
 
 from sparselab.batches import encode, iterate_batches
 from sparselab.data import load_split, load_task
+from sparselab.finetune import training_step
 from sparselab.masks import Structure, build_masks
-from sparselab.modeling import autocast, load_classifier, load_tokenizer
+from sparselab.modeling import load_classifier, load_tokenizer
 from sparselab.prunable import select_prunable
 from sparselab.sparsifiers import SPARSIFIERS, FixedMask, Target
 
@@ -66,19 +67,10 @@ def main() -> None:
     names = ["dense", "fixed_mask", *SPARSIFIERS.names()]
     variants = {name: make_variant(name, args.model, task, 10_000) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
-    device = torch.device("cpu")
     for step, batch in enumerate(batches):  # round robin: every variant does step i before i + 1
         for name, (model, sparsifier, optimizer) in variants.items():
             start = time.perf_counter()
-            with autocast(device, args.precision):
-                loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if sparsifier is not None:
-                sparsifier.after_backward(step)
-            optimizer.step()
-            if sparsifier is not None:
-                sparsifier.after_step(step)
+            training_step(model, batch, optimizer, sparsifier, step, args.precision)
             if step > 0:  # the first step warms caches up
                 times[name].append((time.perf_counter() - start) * 1000)
     dense = statistics.median(times["dense"])

@@ -60,6 +60,23 @@ def lr_factor(step: int, total_steps: int, recipe: Recipe) -> float:
     return LR_SCHEDULES[recipe.lr_schedule](progress)
 
 
+def training_step(
+    model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+    sparsifier: Sparsifier | None, step: int, precision: str,
+) -> torch.Tensor:
+    """One optimizer step with the sparsifier's hooks around it; returns the (detached) loss."""
+    with autocast(batch["input_ids"].device, precision):
+        loss = model(**batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if sparsifier is not None:
+        sparsifier.after_backward(step)
+    optimizer.step()
+    if sparsifier is not None:
+        sparsifier.after_step(step)
+    return loss.detach()
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -110,16 +127,8 @@ def train(
         while step < total_steps:
             for batch in iterate_batches(data, recipe.batch_size, generator, recipe.group_by_length):
                 batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast(device, recipe.precision):
-                    loss = model(**batch).loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if sparsifier is not None:
-                    sparsifier.after_backward(step)
-                optimizer.step()
+                loss = training_step(model, batch, optimizer, sparsifier, step, recipe.precision)
                 scheduler.step()
-                if sparsifier is not None:
-                    sparsifier.after_step(step)
                 step += 1
                 losses.append(loss.item())
                 writer.writerow([step, f"{step / steps_per_epoch:.4f}", f"{loss.item():.6f}",
