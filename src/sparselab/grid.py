@@ -8,6 +8,7 @@ Path grammar (stated once, here and at the top of workflow/Snakefile):
   results/finetune/{run}/...                      fine-tuned checkpoint, train log, train metrics
   results/eval/{run}/finetuned.json               metric after fine-tuning
   results/eval/{run}/pruned.json                  dense fine-tuned model pruned one-shot, no retraining
+                                                  (one-shot methods only; masks/scores likewise)
 where {run} is {model}/{task}/dense/{recipe}/seed{seed} for sparsity 0 (one dense run shared by
 every method) and {model}/{task}/{method}/{allocation}-{structure}/s{sparsity}/{recipe}/seed{seed}
 otherwise; {structure} is `unstructured` or `NofM` (2of4 for 2:4).

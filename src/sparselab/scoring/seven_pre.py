@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from sparselab.scoring.base import SCORERS, Scorer, ScoringContext
-from sparselab.scoring.taylor import calibration_gradients
+from sparselab.scoring.calibration import calibration_gradients
 
 
 class SevenState:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sparselab.scoring.base import SCORERS, Scorer, ScoringContext
-from sparselab.scoring.taylor import require_calibration
+from sparselab.scoring.calibration import require_calibration
 
 
 @SCORERS.register("wanda")
