@@ -2,7 +2,9 @@
 
 Targets of the methods issue: SEVEN's score accumulation adds at most 10% to a step, and a PST step
 is no slower than a dense one. All variants run in one process on the same batches, interleaved
-round by round so that machine noise hits them alike; the median ms per step is printed.
+round by round so that machine noise hits them alike; the median ms per step is printed. SEVEN's
+score accumulation alone is timed on the dense run's own gradients after each of its steps (a
+seven_dyn step also selects the global top-k every step of its window, which is timed with it).
 
     .venv/bin/python bench/training_step.py [--model resources/models/minilm] [--steps 20]
 """
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from sparselab.batches import encode, iterate_batches
 from sparselab.data import load_split, load_task
@@ -22,6 +25,7 @@ from sparselab.finetune import training_step
 from sparselab.masks import Structure, build_masks
 from sparselab.modeling import load_classifier, load_tokenizer
 from sparselab.prunable import select_prunable
+from sparselab.scoring.seven_pre import SevenState
 from sparselab.sparsifiers import SPARSIFIERS, FixedMask, Target
 
 PRUNABLE = [r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense"
@@ -33,9 +37,19 @@ ACTIVE = {"gmp": {"start": 0.0, "end": 1.0, "frequency": 1},
 SETUPS = {"pst": "layerwise"}
 
 
-def make_variant(name: str, model_dir: Path, task: dict, total_steps: int):
+def load_model(model_dir: Path, task: dict, random_init: bool) -> torch.nn.Module:
+    """The pretrained classifier, or one of the same architecture with random weights (timings do
+    not depend on the values, and a GPU machine may get the config without the weights)."""
+    if not random_init:
+        return load_classifier(model_dir, task, seed=0)
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(model_dir, num_labels=task["num_labels"])
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def make_variant(name: str, model: torch.nn.Module, total_steps: int):
     """(model, sparsifier, optimizer) of one variant at 50% sparsity."""
-    model = load_classifier(model_dir, task, seed=0).train()
+    model = model.train()
     prunable = select_prunable(model, PRUNABLE, [])
     target = Target(0.5, SETUPS.get(name, "global"), Structure())
     if name == "dense":
@@ -51,6 +65,12 @@ def make_variant(name: str, model_dir: Path, task: dict, total_steps: int):
     return model, sparsifier, torch.optim.AdamW(params, lr=1e-4, fused=True)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a step's time is its own."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("resources/models/minilm"))
@@ -58,27 +78,51 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--variants", nargs="+", help="a subset of the variants (dense is always timed)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--random-init", action="store_true", help="the model's architecture with random weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     task = load_task(args.data)
     rows = load_split(args.data, "train")[: 32 * (args.steps + 1)]
     data = encode(rows, load_tokenizer(args.model), task["text_fields"], 64, task["labels"] is None)
-    batches = list(iterate_batches(data, 32, torch.Generator().manual_seed(0), group_by_length=True))
-    names = ["dense", "fixed_mask", *SPARSIFIERS.names()]
-    variants = {name: make_variant(name, args.model, task, 10_000) for name in names}
-    times: dict[str, list[float]] = {name: [] for name in names}
+    batches = [{k: v.to(device) for k, v in batch.items()}
+               for batch in iterate_batches(data, 32, torch.Generator().manual_seed(0), group_by_length=True)]
+    names = ["dense", *[n for n in ["fixed_mask", *SPARSIFIERS.names()] if not args.variants or n in args.variants]]
+    variants = {name: make_variant(name, load_model(args.model, task, args.random_init).to(device), 10_000)
+                for name in names}
+    times: dict[str, list[float]] = {name: [] for name in [*names, "seven_scores"]}
+    dense_weights = list(select_prunable(variants["dense"][0], PRUNABLE, []).values())
+    seven_state = SevenState()  # as seven_dyn keeps it: one state over the concatenated matrices
+    if device.type == "cuda":  # an untimed pass, so that no variant pays the kernel choice of a new shape
+        for step, batch in enumerate(batches):
+            for model, sparsifier, optimizer in variants.values():
+                training_step(model, batch, optimizer, sparsifier, step, args.precision)
     for step, batch in enumerate(batches):  # round robin: every variant does step i before i + 1
         for name, (model, sparsifier, optimizer) in variants.items():
             start = time.perf_counter()
             training_step(model, batch, optimizer, sparsifier, step, args.precision)
+            synchronize(device)
             if step > 0:  # the first step warms caches up
                 times[name].append((time.perf_counter() - start) * 1000)
+            if name == "dense":  # its gradients are still there: feed them to SEVEN's statistics
+                start = time.perf_counter()
+                seven_state.update(torch.cat([w.detach().flatten() for w in dense_weights]),
+                                   torch.cat([w.grad.flatten() for w in dense_weights]))
+                synchronize(device)
+                if step > 0:
+                    times["seven_scores"].append((time.perf_counter() - start) * 1000)
     dense = statistics.median(times["dense"])
-    print(f"{args.model.name}, batch 32, {args.steps} steps, {args.threads} thread(s), {args.precision}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
+    weights = "random weights" if args.random_init else "pretrained weights"
+    print(f"{args.model.name} ({weights}), batch 32, {args.steps} steps, {where}, {args.precision}")
     print(f"{'variant':<12} {'ms/step':>9} {'vs dense':>9}")
     for name in names:
         median = statistics.median(times[name])
         print(f"{name:<12} {median:9.1f} {median / dense:8.2f}x")
+    accumulation = statistics.median(times["seven_scores"])
+    print(f"SEVEN score accumulation alone: {accumulation:.1f} ms, +{accumulation / dense:.1%} of a dense step")
 
 
 if __name__ == "__main__":

@@ -5,17 +5,21 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from sparselab import figures
 from sparselab.aggregate import essential_sparsity
+from sparselab.figures import FIGURES, study_figure
 from sparselab.grid import Run, expand_studies, runs_by_key, study_runs
 
 STUDY = {
     "models": ["m"], "tasks": ["t"], "methods": ["magnitude", "random"], "allocations": ["global"],
     "structures": ["unstructured", "2:4"], "sparsities": [0.0, 0.5, 0.9], "recipes": ["r"], "seeds": [0],
 }
+METHODS = {"magnitude": {"scorer": "magnitude"}, "random": {"scorer": "random"}, "wanda": {"scorer": "wanda"},
+           "pst": {"sparsifier": "pst"}, "seven_dyn": {"sparsifier": "seven_dyn"}, "gmp": {"sparsifier": "gmp"}}
 
 
 def test_study_runs_product_and_nm_sparsity():
-    runs = study_runs(STUDY)
+    runs = study_runs(STUDY, METHODS)
     unstructured = [r for r in runs if r.structure == "unstructured"]
     nm = [r for r in runs if r.structure == "2:4"]
     assert len(unstructured) == 2 * 3
@@ -23,13 +27,21 @@ def test_study_runs_product_and_nm_sparsity():
 
 
 def test_dense_points_share_one_run():
-    runs = expand_studies({"studies": {"a": STUDY, "b": STUDY}})
+    runs = expand_studies({"studies": {"a": STUDY, "b": STUDY}, "methods": METHODS})
     table = runs_by_key(runs)
     dense_keys = {r.key for r in runs if r.dense}
     assert dense_keys == {"m/t/dense/r/seed0"}
     assert "m/t/magnitude/global-2of4/s0.5/r/seed0" in table
     assert "m/t/random/global-unstructured/s0.9/r/seed0" in table
     assert len(runs) == len(set(runs))
+
+
+def test_native_allocation_is_each_methods_own():
+    study = {**STUDY, "methods": list(METHODS), "allocations": ["native"], "structures": ["unstructured"],
+             "sparsities": [0.5]}
+    assert {r.method: r.allocation for r in study_runs(study, METHODS)} == {
+        "magnitude": "global", "random": "global", "wanda": "row", "pst": "layerwise", "seven_dyn": "global",
+        "gmp": "global"}
 
 
 def test_run_paths():
@@ -69,3 +81,26 @@ def test_essential_sparsity_by_hand(values, expected):
 def test_essential_sparsity_averages_seeds():
     table = pd.concat([curve({0.0: 0.80, 0.5: 0.78}, seeds=(0,)), curve({0.0: 0.80, 0.5: 0.80}, seeds=(1,))])
     assert essential_sparsity(table, epsilon=0.01)["essential_sparsity"].iloc[0] == 0.5  # mean 0.79
+
+
+@pytest.mark.parametrize("kind", FIGURES.names())
+def test_every_figure_draws_a_study_table(kind, tmp_path):
+    one_shot = curve({0.0: 0.80, 0.5: 0.78, 0.9: 0.60}, seeds=(0, 1))
+    pruned = one_shot[one_shot["sparsity"] > 0].assign(stage="pruned", value=0.7)
+    during = curve({0.5: 0.79, 0.9: 0.65}).assign(method="pst", allocation="layerwise")
+    table = pd.concat([one_shot, pruned, during])
+    table.to_csv(tmp_path / "study.csv", index=False)
+    study_figure(kind, tmp_path / "study.csv", 0.01, tmp_path / "f.png", tmp_path / "f.pdf")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically
+
+
+def test_method_comparison_draws_one_line_per_method(tmp_path, monkeypatch):
+    table = pd.concat([curve({0.0: 0.80, 0.5: 0.78}),
+                       curve({0.5: 0.79}).assign(method="pst", allocation="layerwise"),
+                       curve({0.5: 0.70}).assign(stage="pruned")])
+    labels = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, png, pdf: labels.extend(
+        line.get_label() for ax in fig.axes for line in ax.get_lines()))
+    figures.method_comparison_figure(table, 0.01, tmp_path / "f.png", tmp_path / "f.pdf")
+    assert [label for label in labels if not label.startswith("dense")] == ["magnitude (global)", "pst (layerwise)"]

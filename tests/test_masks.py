@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparselab.masks import ALLOCATIONS, Structure, build_masks, keep_count, nm_mask, sparsity_report, top_k_flat
+from sparselab.masks import (ALLOCATIONS, Structure, build_masks, keep_count, kth_largest, nm_mask, sparsity_report,
+                             top_k_flat)
 from sparselab.prunable import PrunableSetError, select_prunable
 
 
@@ -24,9 +25,43 @@ def test_top_k_flat_breaks_ties_by_position():
     assert top_k_flat(scores, 6).all()
 
 
+def reference_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k highest by a full stable sort (ties to the lower index): slow but obviously right."""
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    keep[torch.sort(scores, descending=True, stable=True).indices[:k]] = True
+    return keep
+
+
+LARGE = 300_000  # above the size where the sampled bracket is used
+
+
+@pytest.mark.parametrize("case", ["uniform", "heavy_tail", "half_zeros", "few_values", "sorted", "one_huge"])
+@pytest.mark.parametrize("fraction", [0.001, 0.3, 0.5, 0.97])
+def test_top_k_flat_on_large_inputs_matches_a_full_sort(case, fraction):
+    g = torch.Generator().manual_seed(1)
+    scores = {
+        "uniform": torch.rand(LARGE, generator=g),
+        "heavy_tail": torch.randn(LARGE, generator=g).exp() ** 4,
+        "half_zeros": torch.rand(LARGE, generator=g) * (torch.rand(LARGE, generator=g) < 0.5),  # ties at 0
+        "few_values": torch.randint(0, 5, (LARGE,), generator=g).float(),  # huge tie groups
+        "sorted": torch.arange(LARGE, dtype=torch.float32),  # a strided sample sees a pattern
+        "one_huge": torch.cat([torch.full((LARGE - 1,), 1.0), torch.tensor([1e30])]),
+    }[case]
+    k = keep_count(LARGE, 1.0 - fraction)
+    assert kth_largest(scores, k) == torch.sort(scores, descending=True).values[k - 1]
+    assert torch.equal(top_k_flat(scores, k), reference_top_k(scores, k))
+
+
 def test_top_k_flat_rejects_nan():
     with pytest.raises(ValueError, match="NaN"):
         top_k_flat(torch.tensor([1.0, float("nan")]), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        top_k_flat(torch.rand(LARGE).index_fill_(0, torch.tensor([7]), float("nan")), 10)
+
+
+def test_top_k_flat_accepts_infinities():
+    scores = torch.tensor([1.0, float("inf"), float("-inf"), 2.0])
+    assert top_k_flat(scores, 2).tolist() == [False, True, False, True]
 
 
 def test_rowwise_compares_within_rows_by_hand():

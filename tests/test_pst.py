@@ -260,3 +260,40 @@ def test_mask_is_cached_between_optimizer_steps(tiny_bert):
     expected = torch.zeros_like(first)
     expected[:, :16] = True
     assert torch.equal(sparsifier.masks[name], expected)
+
+
+def test_gradients_match_autograd_through_the_explicit_importance():
+    # the reference builds S and the straight-through mask W' * (M + S - S.detach()) explicitly
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5, bias=False))
+    sparsifier = ParameterEfficientSparseTraining(rank_w=2, rank_m=3, start=0.0, end=0.0)
+    sparsifier.attach(model, {"0.weight": model[0].weight}, layerwise(0.4))
+    sparsifier.begin(1)
+    layer = sparsifier._layers["0.weight"]
+    with torch.no_grad():
+        for p in (layer.V, layer.B, layer.R, layer.C):
+            p.normal_()
+    x = torch.randn(7, 6)
+    (model(x) ** 2).sum().backward()
+    got = {n: getattr(layer, n).grad.clone() for n in "UVABRC"}
+
+    params = {n: getattr(layer, n).detach().clone().requires_grad_() for n in "UVABRC"}
+    effective = model[0].parametrizations.weight.original + params["U"] @ params["V"]
+    scores = effective.abs() + params["A"] @ params["B"] + params["R"][:, None] + params["C"][None, :]
+    mask = sparsifier.masks["0.weight"].float()
+    (((x @ (effective * (mask + scores - scores.detach())).T) ** 2).sum()).backward()
+    for n in "UVABRC":
+        torch.testing.assert_close(got[n], params[n].grad, msg=n)
+
+
+def test_bf16_autocast_trains_in_float32():
+    model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                     intermediate_size=64, vocab_size=128))
+    sparsifier, _ = attach_pst(model, sparsity=0.5, start=0.0, end=0.0)
+    sparsifier.begin(2)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**toy_batch(0)).loss
+    loss.backward()
+    for p in sparsifier.pst_parameters():
+        assert p.dtype == torch.float32 and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()

@@ -110,4 +110,4 @@ def test_seven_dyn_official_presets():
     sparsifier = SevenDynamic(preset="sst2")
     assert sparsifier.window() == (1000, 4000)
     with pytest.raises(ValueError, match="preset 'sst-2' is unknown"):
-        SevenDynamic(preset="sst-2").window()
+        SevenDynamic(preset="sst-2")

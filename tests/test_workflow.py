@@ -56,11 +56,24 @@ def tiny_params(root: Path) -> dict:
         "models": {"tiny": {"source": f"local:{root / 'tiny_model'}", "prunable": dict(BERT_PRUNABLE)}},
         "tasks": {"toy": {"source": f"local:{root / 'toy.csv'}", "reader": "csv", "labels": ["neg", "pos"],
                           "split": {"validation": 0.2, "test": 0.25, "seed": 0}}},
-        "methods": {"magnitude": {"scorer": "magnitude"}},
-        "recipes": {"quick": {"epochs": 2, "batch_size": 16, "learning_rate": 1.0e-3, "max_length": 16}},
-        "studies": {"curve": {"models": ["tiny"], "tasks": ["toy"], "methods": ["magnitude"],
-                              "allocations": ["global", "layerwise"], "structures": ["unstructured", "2:4"],
-                              "sparsities": [0.0, 0.5, 0.8], "recipes": ["quick"], "seeds": [0]}},
+        "methods": {
+            "magnitude": {"scorer": "magnitude"},
+            "wanda": {"scorer": "wanda", "num_batches": 2, "batch_size": 8, "max_length": 16},
+            "gmp": {"sparsifier": "gmp", "start": 0.1, "end": 0.6, "frequency": 2},
+            "seven_dyn": {"sparsifier": "seven_dyn", "window_start": 1, "window_length": 6},
+            "pst": {"sparsifier": "pst", "rank_w": 2, "rank_m": 2},
+        },
+        # at most 80 training rows, batch 16, 2 epochs: 10 optimizer steps
+        "recipes": {"quick": {"epochs": 2, "batch_size": 16, "learning_rate": 1.0e-3, "max_length": 16,
+                              "max_train_examples": 80}},
+        "studies": {
+            "curve": {"models": ["tiny"], "tasks": ["toy"], "methods": ["magnitude"],
+                      "allocations": ["global", "layerwise"], "structures": ["unstructured", "2:4"],
+                      "sparsities": [0.0, 0.5, 0.8], "recipes": ["quick"], "seeds": [0]},
+            "compare": {"figure": "method_comparison", "models": ["tiny"], "tasks": ["toy"],
+                        "methods": ["magnitude", "wanda", "gmp", "seven_dyn", "pst"], "allocations": ["native"],
+                        "sparsities": [0.0, 0.5], "recipes": ["quick"]},
+        },
         "evaluation": {"epsilon": 0.01, "batch_size": 32, "latency_batch_size": 4, "latency_repeats": 1},
     }
 
@@ -75,9 +88,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
-def planned_jobs(workdir: Path) -> list[tuple[str, str]]:
-    """(rule, wildcards) of every job a dry run would execute."""
-    out = snakemake(workdir, "--dry-run").stdout
+def planned_jobs(workdir: Path, *targets: str) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry run (of `targets`, default all) would execute."""
+    out = snakemake(workdir, "--dry-run", *targets).stdout
     jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", out, flags=re.M)
     planned = []
     for rule, body in jobs:
@@ -101,15 +114,30 @@ def test_outputs_and_tables(workdir):
     expected = {"model", "task", "method", "allocation", "structure", "sparsity", "achieved_sparsity", "recipe",
                 "seed", "stage", "metric", "value", "dense_value", "trainable_params", "wall_seconds"}
     assert expected <= set(runs.columns)
+    curve = pd.read_csv(workdir / "results/tables/curve.csv")
     # 2 allocations x (3 unstructured sparsities + dense and 0.5 for 2:4) x 2 stages
-    assert len(runs) == 2 * (3 + 2) * 2
-    assert set(runs["stage"]) == {"pruned", "finetuned"}
+    assert len(curve) == 2 * (3 + 2) * 2
+    assert set(curve["stage"]) == {"pruned", "finetuned"}
+    compare = pd.read_csv(workdir / "results/tables/compare.csv")
+    # every method's line starts at the dense run; one-shot magnitude and wanda have 2 stages, while
+    # gmp, seven_dyn and pst prune during training
+    assert len(compare) == 2 * 2 * 2 + 3 * 2
+    sparse = compare[compare["sparsity"] > 0]
+    assert dict(zip(sparse["method"], sparse["allocation"])) == {
+        "magnitude": "global", "wanda": "row", "gmp": "global", "seven_dyn": "global", "pst": "layerwise"}
+    assert set(sparse[sparse["method"].isin(["gmp", "seven_dyn", "pst"])]["stage"]) == {"finetuned"}
+    pst = sparse[sparse["method"] == "pst"].iloc[0]
+    assert pst["trainable_params"] < sparse[sparse["method"] == "gmp"].iloc[0]["trainable_params"]
+    key = ["method", "allocation", "structure", "sparsity", "stage"]
+    assert not runs.duplicated(key).any()
+    assert set(map(tuple, runs[key].values)) == set(map(tuple, pd.concat([curve, compare])[key].values))
     sparse = runs[runs["sparsity"] > 0]
     assert (sparse["achieved_sparsity"] - sparse["sparsity"]).abs().max() < 1e-3
-    essential = pd.read_csv(workdir / "results/tables/essential_sparsity.csv")
-    assert set(essential["stage"]) == {"pruned", "finetuned"} and len(essential) == 2 * 2 * 2
-    for suffix in ("png", "pdf"):
-        assert (workdir / f"results/figures/essential_sparsity.{suffix}").stat().st_size > 1000
+    curves = pd.read_csv(workdir / "results/tables/curves.csv")
+    assert len(curves) == 2 * 2 * 2 + 2 + 3  # per (setup, stage); magnitude/global is in both studies
+    for name in ("curve", "compare"):
+        for suffix in ("png", "pdf"):
+            assert (workdir / f"results/figures/{name}.{suffix}").stat().st_size > 1000
     source = json.loads((workdir / "resources/models/tiny/source.json").read_text())
     assert source["source"].startswith("local:") and "model.safetensors" in source["files"]
 
@@ -142,9 +170,18 @@ def test_rerun_does_nothing_and_one_sparsity_reruns_its_chain(workdir, tmp_path)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     planned = planned_jobs(clone)
     rules = sorted(rule for rule, _ in planned)
-    assert rules == sorted(["aggregate", "figure_essential_sparsity", "all"]
-                           + ["prune", "finetune", "evaluate_finetuned", "evaluate_oneshot"] * 2), planned
-    assert all("s0.7" in wildcards for rule, wildcards in planned if rule not in {"aggregate", "figure_essential_sparsity", "all"})
+    summary = {"aggregate", "study_table", "study_figure", "all"}
+    assert rules == sorted([*summary, *["prune", "finetune", "evaluate_finetuned", "evaluate_oneshot"] * 2]), planned
+    assert all("s0.7" in wildcards for rule, wildcards in planned if rule not in summary)
+    assert ("study_table", "study=curve") in planned  # the other study's table stays as it is
+
+
+def test_a_study_target_builds_only_that_study(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path), sort_keys=False))
+    planned = planned_jobs(tmp_path, "compare")
+    finetuned = sorted(wildcards for rule, wildcards in planned if rule == "finetune")
+    assert len(finetuned) == 6 and not any("2of4" in w or "s0.8" in w for w in finetuned), finetuned
+    assert ("compare", "") in planned and not any(rule == "aggregate" for rule, _ in planned)
 
 
 def test_same_params_give_identical_masks_weights_and_metrics(workdir, tmp_path):
@@ -170,6 +207,8 @@ def test_same_params_give_identical_masks_weights_and_metrics(workdir, tmp_path)
         (lambda p: p["studies"]["curve"].update(methods=["magnitud"]), "magnitud"),
         (lambda p: p["studies"]["curve"].update(structures=["4:4"]), "4:4"),
         (lambda p: p["methods"].update(magnitude={"scorer": "nosuch"}), "nosuch"),
+        (lambda p: p["methods"]["seven_dyn"].update(window_length=12), "ends at step 13, after the run's 10"),
+        (lambda p: p["studies"].update(finetune=p["studies"].pop("compare")), "studies.finetune: the name is taken"),
     ],
 )
 def test_bad_params_stop_before_any_job(tmp_path, mutate, message):

@@ -1,4 +1,4 @@
-"""One tidy table of every run, and the essential sparsity of every curve."""
+"""Tidy tables of the runs (all of them, and each study's), and the essential sparsity of every curve."""
 
 from __future__ import annotations
 
@@ -77,13 +77,22 @@ def headline_metrics(essential: pd.DataFrame) -> dict:
     return summary
 
 
-def aggregate_stage(runs: list[dict], runs_csv: Path, essential_csv: Path, metrics_json: Path, epsilon: float) -> None:
-    """Write results/tables/runs.csv, results/tables/essential_sparsity.csv and results/metrics.json.
+def runs_from_params(runs: list[dict]) -> list[tuple[Run, list[str]]]:
+    """The rules' `runs` param (Run fields plus `stages`, the stages it was evaluated at) as pairs."""
+    return [(Run(**{k: v for k, v in r.items() if k != "stages"}), r["stages"]) for r in runs]
 
-    `runs`: one dict per run, the fields of Run plus `stages`, the stages it was evaluated at.
-    """
-    table = collect_runs([(Run(**{k: v for k, v in r.items() if k != "stages"}), r["stages"]) for r in runs])
+
+def aggregate_stage(runs: list[dict], runs_csv: Path, curves_csv: Path, metrics_json: Path, epsilon: float) -> None:
+    """Write results/tables/runs.csv, results/tables/curves.csv (the essential sparsity of every
+    curve) and results/metrics.json, over every run of every study."""
+    table = collect_runs(runs_from_params(runs))
     essential = essential_sparsity(table, epsilon)
     write_csv(table, runs_csv)
-    write_csv(essential, essential_csv)
+    write_csv(essential, curves_csv)
     write_json(metrics_json, headline_metrics(essential))
+
+
+def study_table_stage(runs: list[dict], table_csv: Path) -> None:
+    """Write results/tables/<study>.csv: the rows of collect_runs for the study's runs only, so a
+    study's figure needs no run of another study."""
+    write_csv(collect_runs(runs_from_params(runs)), table_csv)

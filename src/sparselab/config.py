@@ -44,6 +44,7 @@ from sparselab.data import GLUE_TASKS, READERS
 from sparselab.masks import ALLOCATIONS, Structure
 from sparselab.metrics import METRICS, metric_mismatch
 from sparselab.registry import Registry
+from sparselab.schedules import total_training_steps
 from sparselab.scoring import SCORERS
 from sparselab.sparsifiers import SPARSIFIERS
 
@@ -74,6 +75,7 @@ _PATTERN_WORDS = {
     "^[0-9a-f]{64}$": "64 lowercase hexadecimal digits",
     "^(unstructured|[0-9]+:[0-9]+)$": "unstructured, or 'N:M' with 1 <= N < M, e.g. '2:4'",
     "^[A-Za-z_][A-Za-z0-9_]*$": "a Python identifier (letters, digits, '_', not starting with a digit)",
+    "^[A-Za-z][A-Za-z0-9_]*$": "a letter, then letters, digits and `_` (a study name is also a workflow target)",
 }
 _TYPE_WORDS = {
     "string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
@@ -114,6 +116,7 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     _check_methods(filled)
     _check_studies(filled)
     _check_method_composition(filled)
+    _check_schedules_fit(filled)
     return filled
 
 
@@ -437,11 +440,32 @@ def _check_methods(config: dict) -> None:
                     parts + [key], value, f"is {_kind(value)}",
                     f"{_kind(default)}, like the default {_show(default)}",
                 )
+        try:  # the entry's own checks of its values (ranks, ranges, presets)
+            build_method(method)
+        except ValueError as exc:
+            raise ConfigError(_format_path(parts), str(exc)) from None
+
+
+def build_method(method: dict) -> Any:
+    """The scorer or sparsifier of a method entry, with its hyper-parameters."""
+    kind, registry = method_kind(method)
+    return registry.get(method[kind])(**{k: v for k, v in method.items() if k != kind})
 
 
 def method_kind(method: dict) -> tuple[str, Registry]:
     """("scorer", SCORERS) for a one-shot method entry, ("sparsifier", SPARSIFIERS) for a during-training one."""
     return ("sparsifier", SPARSIFIERS) if "sparsifier" in method else ("scorer", SCORERS)
+
+
+NATIVE = "native"
+
+
+def native_allocation(method: dict) -> str:
+    """The allocation a method uses by itself: its only one if it forces one (Wanda: row, PST:
+    layerwise, SEVEN: global), else global. A study's `native` allocation means this, per method."""
+    kind, registry = method_kind(method)
+    allowed = registry.get(method[kind]).allowed_allocations
+    return allowed[0] if allowed else "global"
 
 
 def _check_method_composition(config: dict) -> None:
@@ -453,11 +477,11 @@ def _check_method_composition(config: dict) -> None:
             entry = registry.get(method[kind])
             allowed = entry.allowed_allocations or ALLOCATIONS.names()
             for index, allocation in enumerate(study["allocations"]):
-                if allocation not in allowed:
+                if allocation != NATIVE and allocation not in allowed:
                     raise _error(
                         ["studies", name, "allocations", index], allocation,
                         f"is not possible with method {method_name!r} ({method[kind]} allocates by itself)",
-                        ", ".join(allowed),
+                        ", ".join([*allowed, NATIVE]),
                     )
             for index, structure in enumerate(study["structures"]):
                 if structure != "unstructured" and not getattr(entry, "allows_nm", True):
@@ -466,6 +490,28 @@ def _check_method_composition(config: dict) -> None:
                         f"is not possible with method {method_name!r} ({method[kind]} prunes unstructured)",
                         "unstructured",
                     )
+
+
+def _check_schedules_fit(config: dict) -> None:
+    """A during-training schedule must fit in the run (SEVEN's window, say), checked here for
+    recipes that cap their training examples: the run has at most that many steps. (With no cap
+    the step count depends on the data, and the fine-tune job checks it.)"""
+    for study_name, study in config["studies"].items():
+        for method_name in study["methods"]:
+            method = config["methods"][method_name]
+            if "sparsifier" not in method:
+                continue
+            sparsifier = build_method(method)
+            for recipe_name in study["recipes"]:
+                recipe = config["recipes"][recipe_name]
+                if recipe.get("max_train_examples") is None:
+                    continue
+                steps = total_training_steps(recipe["max_train_examples"], recipe["epochs"], recipe["batch_size"])
+                try:
+                    sparsifier.check_steps(steps)
+                except ValueError as exc:
+                    raise ConfigError(_format_path(["methods", method_name]),
+                                      f"{exc} (with recipe {recipe_name!r} of study {study_name!r})") from None
 
 
 def _check_studies(config: dict) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from sparselab.batches import Encoded, iterate_batches
 from sparselab.modeling import autocast
+from sparselab.schedules import total_training_steps
 from sparselab.sparsifiers import Sparsifier
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,6 @@ LR_SCHEDULES = {
     "linear": lambda progress: max(0.0, 1.0 - progress),
     "constant": lambda progress: 1.0,
 }
-
-
-def total_training_steps(examples: int, recipe: Recipe) -> int:
-    """Optimizer steps of a run: epochs x ceil(examples / batch size), at least one."""
-    return max(1, round(recipe.epochs * math.ceil(examples / recipe.batch_size)))
 
 
 def lr_factor(step: int, total_steps: int, recipe: Recipe) -> float:
@@ -102,7 +98,7 @@ def train(
     """
     model.to(device).train()
     steps_per_epoch = math.ceil(len(data) / recipe.batch_size)
-    total_steps = total_training_steps(len(data), recipe)
+    total_steps = total_training_steps(len(data), recipe.epochs, recipe.batch_size)
     if sparsifier is not None:
         sparsifier.begin(total_steps)
     trainable = sparsifier.trainable_parameters() if sparsifier else [p for p in model.parameters() if p.requires_grad]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass
 
+from sparselab.config import NATIVE, native_allocation
 from sparselab.masks import Structure
 
 
@@ -80,17 +81,21 @@ class Run:
         return asdict(self)
 
 
-def study_runs(study: dict) -> list[Run]:
+def study_runs(study: dict, methods: dict) -> list[Run]:
     """All runs of one study: the product of its lists.
 
-    An n:m structure fixes its own sparsity (1 - n/m), so it contributes that sparsity (plus the
-    dense point when 0 is listed) instead of the study's sparsities.
+    `methods` is params.yaml's `methods` section: the allocation `native` becomes each method's
+    own (config.native_allocation). An n:m structure fixes its own sparsity (1 - n/m), so it
+    contributes that sparsity (plus the dense point when 0 is listed) instead of the study's
+    sparsities.
     """
     runs = []
     for model, task, method, allocation, structure, recipe, seed in itertools.product(
         study["models"], study["tasks"], study["methods"], study["allocations"],
         study["structures"], study["recipes"], study["seeds"],
     ):
+        if allocation == NATIVE:
+            allocation = native_allocation(methods[method])
         parsed = Structure.parse(structure)
         sparsities = study["sparsities"]
         if parsed.is_nm:
@@ -101,7 +106,7 @@ def study_runs(study: dict) -> list[Run]:
 
 def expand_studies(config: dict) -> list[Run]:
     """Every run of every study, without duplicates, in a stable order."""
-    return sorted({run for study in config["studies"].values() for run in study_runs(study)})
+    return sorted({run for study in config["studies"].values() for run in study_runs(study, config["methods"])})
 
 
 def runs_by_key(runs: list[Run]) -> dict[str, Run]:

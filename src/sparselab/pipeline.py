@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sparselab.batches import CalibrationData, encode
+from sparselab.config import build_method
 from sparselab.data import load_split, load_task
 from sparselab.evaluate import count_zeros, latency_ms, task_metrics
 from sparselab.fetch import verify_record
@@ -22,16 +23,15 @@ from sparselab.io import atomic_path, load_masks, load_tensors, read_json, save_
 from sparselab.masks import Structure, build_masks, sparsity_report
 from sparselab.modeling import configure_threads, load_classifier, load_tokenizer, pick_device
 from sparselab.prunable import select_prunable
-from sparselab.scoring import SCORERS, ScoringContext
-from sparselab.sparsifiers import SPARSIFIERS, FixedMask, Sparsifier, Target
+from sparselab.scoring import ScoringContext
+from sparselab.sparsifiers import FixedMask, Sparsifier, Target
 
 
 def compute_scores(model: nn.Module, method: dict, prunable: dict, data_dir: Path, model_dir: Path, seed: int) -> dict[str, torch.Tensor]:
     """Scores of the method (`{scorer: name, **hyper-parameters}`) for every prunable matrix."""
-    scorer_class = SCORERS.get(method["scorer"])
-    scorer = scorer_class(**{k: v for k, v in method.items() if k != "scorer"})
+    scorer = build_method(method)
     calibration = None
-    if scorer_class.needs_data:
+    if scorer.needs_data:
         task = load_task(data_dir)
         calibration = CalibrationData(load_split(data_dir, "train"), load_tokenizer(model_dir),
                                       task["text_fields"], task["labels"] is None, seed)
@@ -75,7 +75,7 @@ def build_sparsifier(model: nn.Module, mask_path: Path | None, during_training: 
     if during_training is None:
         return None
     method = during_training["method"]
-    sparsifier = SPARSIFIERS.get(method["sparsifier"])(**{k: v for k, v in method.items() if k != "sparsifier"})
+    sparsifier = build_method(method)
     prunable = during_training["prunable"]
     target = Target(during_training["sparsity"], during_training["allocation"], Structure.parse(during_training["structure"]))
     sparsifier.attach(model, select_prunable(model, prunable["include"], prunable["exclude"]), target)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
+
+def total_training_steps(examples: int, epochs: float, batch_size: int) -> int:
+    """Optimizer steps of a run: epochs x ceil(examples / batch size), at least one."""
+    return max(1, round(epochs * math.ceil(examples / batch_size)))
+
 
 def cubic_sparsity(step: int, total_steps: int, start: float, end: float, initial: float, final: float) -> float:
     """Zhu & Gupta's cubic ramp, as used by gradual magnitude pruning and PST.

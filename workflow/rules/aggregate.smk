@@ -1,20 +1,23 @@
-# Aggregate every evaluation into tidy tables, then draw the figures of the report.
+# Aggregate the evaluations into tidy tables, then draw each study's figure. Every study has a
+# target rule of its own name (`snakemake method_comparison`) that builds only what its figure
+# needs, reusing whatever other studies computed already.
 
 
 localrules:
     aggregate,
-    figure_essential_sparsity,
+    study_table,
+    study_figure,
 
 
 rule aggregate:
     input:
-        records=evaluation_targets(),
+        records=evaluation_targets(RUNS),
     output:
         runs="results/tables/runs.csv",
-        essential="results/tables/essential_sparsity.csv",
+        curves="results/tables/curves.csv",
         metrics="results/metrics.json",
     params:
-        runs=[{**run.as_dict(), "stages": stages_of(run)} for run in RUNS],
+        runs=runs_param(RUNS),
         epsilon=config["evaluation"]["epsilon"],
     conda:
         "../../environment.yml"
@@ -24,20 +27,52 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
-rule figure_essential_sparsity:
+rule study_table:
     input:
-        runs=rules.aggregate.output.runs,
-        essential=rules.aggregate.output.essential,
+        records=lambda w: evaluation_targets(STUDY_RUNS[w.study]),
     output:
-        png=report(
-            "results/figures/essential_sparsity.png",
-            caption="../report/essential_sparsity.rst",
-            category="Figures",
-        ),
-        pdf="results/figures/essential_sparsity.pdf",
+        table="results/tables/{study}.csv",
+    params:
+        runs=lambda w: runs_param(STUDY_RUNS[w.study]),
     conda:
         "../../environment.yml"
     log:
-        "results/logs/figures/essential_sparsity.log",
+        "results/logs/study_table/{study}.log",
     script:
-        "../scripts/figure_essential_sparsity.py"
+        "../scripts/study_table.py"
+
+
+rule study_figure:
+    input:
+        table=rules.study_table.output.table,
+    output:
+        png=report(
+            "results/figures/{study}.png",
+            caption="../report/study_figure.rst",
+            category="Figures",
+            labels={"study": "{study}"},
+        ),
+        pdf="results/figures/{study}.pdf",
+    params:
+        kind=lambda w: config["studies"][w.study]["figure"],
+        epsilon=config["evaluation"]["epsilon"],
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/study_figure/{study}.log",
+    script:
+        "../scripts/study_figure.py"
+
+
+taken = sorted(set(config["studies"]) & {rule.name for rule in workflow.rules})
+if taken:
+    sys.exit(f"error: params.yaml: studies.{taken[0]}: the name is taken by a rule of the workflow "
+             f"(allowed: any name but {', '.join(sorted(rule.name for rule in workflow.rules))})")
+
+for study_name in config["studies"]:
+
+    rule:
+        name:
+            study_name
+        input:
+            study_outputs(study_name),

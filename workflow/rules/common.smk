@@ -4,7 +4,7 @@ import re
 import sys
 
 from sparselab.config import ConfigError, validate_config
-from sparselab.grid import expand_studies, runs_by_key
+from sparselab.grid import expand_studies, runs_by_key, study_runs
 
 
 try:
@@ -14,6 +14,7 @@ except ConfigError as error:
 
 RUNS = expand_studies(config)
 RUN_BY_KEY = runs_by_key(RUNS)
+STUDY_RUNS = {name: study_runs(study, config["methods"]) for name, study in config["studies"].items()}
 
 
 def one_shot(run):
@@ -39,6 +40,7 @@ wildcard_constraints:
     run=one_of(RUN_BY_KEY),
     mask=one_of(MASK_RUN_BY_PREFIX),
     oneshot_run=one_of(key for key, run in RUN_BY_KEY.items() if not run.dense and one_shot(run)),
+    study=one_of(config["studies"]),
 
 
 def run_of(wildcards):
@@ -75,12 +77,22 @@ def stages_of(run):
     return ["pruned", "finetuned"] if one_shot(run) else ["finetuned"]
 
 
-def evaluation_targets():
-    """Every evaluation record the tables need, and every dense run's."""
-    targets = {f"results/eval/{run.dense_key}/finetuned.json" for run in RUNS}
-    for run in RUNS:
+def evaluation_targets(runs):
+    """Every evaluation record of `runs`, and their dense runs'."""
+    targets = {f"results/eval/{run.dense_key}/finetuned.json" for run in runs}
+    for run in runs:
         targets |= {run.eval_path(stage) for stage in stages_of(run)}
     return sorted(targets)
+
+
+def runs_param(runs):
+    """The runs as plain dicts with the stages they were evaluated at (a rule's params)."""
+    return [{**run.as_dict(), "stages": stages_of(run)} for run in runs]
+
+
+def study_outputs(study):
+    """The table and the figure a study's target builds."""
+    return [f"results/tables/{study}.csv", f"results/figures/{study}.png", f"results/figures/{study}.pdf"]
 
 
 def during_training(run):

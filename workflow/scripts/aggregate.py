@@ -9,7 +9,7 @@ with log_to(snakemake.log[0]):
     aggregate_stage(
         snakemake.params.runs,
         Path(snakemake.output.runs),
-        Path(snakemake.output.essential),
+        Path(snakemake.output.curves),
         Path(snakemake.output.metrics),
         epsilon=snakemake.params.epsilon,
     )

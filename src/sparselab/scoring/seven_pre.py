@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sparselab.scoring.base import SCORERS, Scorer, ScoringContext
@@ -42,18 +44,26 @@ class SevenState:
         """Bias-corrected second moment of |G| after the latest update, (out x in)."""
         return self.v / (1.0 - self.a2**self.steps)
 
+    @torch.no_grad()
     def update(self, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """One SEVEN step with the weight W and its gradient G (both out x in); returns the
-        accumulated score I_t (float32, out x in)."""
-        g = grad.detach().abs().float()
+        accumulated score I_t (float32, out x in).
+
+        Computed in place, ten passes over the matrix: with c1, c2 the bias corrections,
+        m^ / (sqrt(v^) + eps) = (sqrt(c2) / c1) * m / (sqrt(v) + eps sqrt(c2)).
+        """
+        g = grad.abs().float()  # a fresh tensor: it is reused as scratch below
         if self.steps == 0:
             self.m = torch.zeros_like(g)
             self.v = torch.zeros_like(g)
             self.score = torch.zeros_like(g)
-        self.m.mul_(self.a1).add_(g, alpha=1.0 - self.a1)
-        self.v.mul_(self.a2).add_(g * g, alpha=1.0 - self.a2)
+        self.m.lerp_(g, 1.0 - self.a1)  # m = a1 m + (1 - a1) g
+        self.v.mul_(self.a2).addcmul_(g, g, value=1.0 - self.a2)
         self.steps += 1
-        self.score += (weight.detach().float() * g * self.m_hat / (self.v_hat.sqrt() + self.eps)).abs()
+        root_c2 = math.sqrt(1.0 - self.a2**self.steps)
+        denominator = self.v.sqrt().add_(self.eps * root_c2)
+        g.mul_(self.m).mul_(weight.float().abs())  # |W| g m: every factor but W is >= 0
+        self.score.addcdiv_(g, denominator, value=root_c2 / (1.0 - self.a1**self.steps))
         return self.score
 
 

@@ -3,12 +3,14 @@
 The recipe of the sparse scaling-law runs (methods.md section 2: cubic from 25% to 75% of training,
 masks updated every 100 steps) and of oBERT's gradual pruning. At every update the masks become the
 magnitude masks of the current weights at the scheduled sparsity, with the run's allocation. Pruned
-weights are zero, so they rank last and stay pruned: masks only shrink.
+weights rank last and stay pruned: masks only shrink.
 """
 
 from __future__ import annotations
 
 import math
+
+import torch
 
 from sparselab.masks import build_masks
 from sparselab.schedules import cubic_sparsity
@@ -47,8 +49,9 @@ class GradualMagnitude(Sparsifier):
     def after_step(self, step: int) -> None:
         steps_done = step + 1
         if steps_done in self._updates:
-            scores = {name: (w.detach().abs() * self.masks[name]).float().cpu() for name, w in self.prunable.items()}
+            # pruned weights score -1, below every live |w| (a live weight can be exactly 0 too)
+            scores = {name: torch.where(self.masks[name], w.detach().abs().float(), -1.0)
+                      for name, w in self.prunable.items()}
             sparsity = self.scheduled_sparsity(steps_done)
-            fresh = build_masks(scores, sparsity, self.target.allocation, self.target.structure)
-            self.masks = {name: fresh[name].to(self.masks[name].device) & self.masks[name] for name in self.masks}
+            self.masks = build_masks(scores, sparsity, self.target.allocation, self.target.structure)
         self.apply_masks()

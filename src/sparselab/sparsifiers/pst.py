@@ -16,6 +16,8 @@ learned parts are zero, so S = |W| and the first mask is the per-layer magnitude
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -27,28 +29,50 @@ from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier, Target
 INIT_STD = 0.02
 
 
-class _MaskedStraightThrough(torch.autograd.Function):
-    """W' * M_hard in the forward pass; d/dW' = grad * M_hard and d/dS = grad * W' in the backward.
+def _float32(device: torch.device):
+    """A context computing in float32 even inside an autocast region (the layer's matmul casts)."""
+    return torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
 
-    The same gradients as W' * (M_hard + S - S.detach()), without materialising the extra tensors.
+
+class _PSTMaskedWeight(torch.autograd.Function):
+    """(W + U V) * M in the forward pass, with straight-through gradients for the importance S.
+
+    The mask M is a constant of the step; its straight-through gradient goes to S unchanged, so with
+    G = dL/d(W' * M) (out x in):
+        dS  = G * W'                         -> dA = dS B^T, dB = A^T dS, dR = dS 1, dC = dS^T 1
+        dW' = G * M + sign(W') * dS = G * (M + |W'|)   -> dU = dW' V^T, dV = U^T dW'
+    S itself is never formed here: only its gradient is needed. W is frozen. W' and M + |W'| come
+    from the layer's cache when the last mask update computed them for the current U, V.
     """
 
     @staticmethod
-    def forward(ctx, effective: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(effective, mask)
-        return effective * mask
+    def forward(ctx, weight, U, V, A, B, R, C, layer):
+        effective, slope = layer.cached(weight)
+        if effective is None:
+            with _float32(weight.device):
+                effective = torch.addmm(weight, U, V)  # W' (out x in)
+        ctx.save_for_backward(effective, U, V, A, B, layer.mask)
+        ctx.slope = slope
+        return effective * layer.mask
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        effective, mask = ctx.saved_tensors
-        return grad * mask, grad * effective, None
+    def backward(ctx, grad):
+        effective, U, V, A, B, mask = ctx.saved_tensors
+        d_scores = grad * effective
+        slope = ctx.slope if ctx.slope is not None else effective.abs().add_(mask)
+        d_effective = slope * grad
+        # (V G^T)^T rather than G V^T: the same product, twice as fast with a thin V on a CPU
+        return (None, (V @ d_effective.T).T, U.T @ d_effective, (B @ d_scores.T).T, A.T @ d_scores,
+                d_scores.sum(1), d_scores.sum(0), None)
 
 
 class PSTWeight(nn.Module):
     """The parametrization of one Linear's weight: W -> (W + U V) * M, with M cached in `mask`.
 
-    `mask` is a non-persistent buffer (it follows the model across devices, stays out of the
-    state dict); the sparsifier replaces it once per optimizer step.
+    `mask` is a non-persistent buffer of 0/1 in the weight's dtype (it follows the model across
+    devices, stays out of the state dict); `refresh` replaces it once per optimizer step and keeps
+    W' and M + |W'| for the forward and backward passes that follow (two extra weight-sized
+    tensors per layer), as long as U, V and W stay what they were.
     """
 
     def __init__(self, weight: torch.Tensor, rank_w: int, rank_m: int, generator: torch.Generator) -> None:
@@ -66,21 +90,49 @@ class PSTWeight(nn.Module):
         self.U, self.V = normal(out_features, rank_w), zeros(rank_w, in_features)
         self.A, self.B = normal(out_features, rank_m), zeros(rank_m, in_features)
         self.R, self.C = zeros(out_features), zeros(in_features)
-        self.register_buffer("mask", torch.ones_like(weight, dtype=torch.bool), persistent=False)
+        self.register_buffer("mask", torch.ones_like(weight), persistent=False)
+        self._cache: tuple | None = None
 
     def effective(self, weight: torch.Tensor) -> torch.Tensor:
         """W' = W + U V (one fused addmm)."""
         return torch.addmm(weight, self.U, self.V)
 
-    def scores(self, effective: torch.Tensor) -> torch.Tensor:
-        """S = |W'| + A B + R 1^T + 1 C^T (addmm, then in place: half the time of the plain sum)."""
-        return torch.addmm(self.R[:, None], self.A, self.B).add_(self.C).add_(effective.abs())
+    @torch.no_grad()
+    def refresh(self, weight: torch.Tensor, keep: int) -> None:
+        """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of the layer.
+
+        S is one addmm: A B + R 1^T + 1 C^T = [A | R | 1] [B ; 1^T ; C^T], a rank r_m + 2 product.
+        """
+        with _float32(weight.device):
+            effective = self.effective(weight)
+            magnitude = effective.abs()
+            ones_out = torch.ones_like(self.R)[:, None]
+            ones_in = torch.ones_like(self.C)[None, :]
+            scores = torch.addmm(magnitude, torch.cat([self.A, self.R[:, None], ones_out], 1),
+                                 torch.cat([self.B, ones_in, self.C[None, :]], 0))
+        if keep >= scores.numel():
+            self.mask = torch.ones_like(self.mask)
+        else:
+            self.mask = top_k_flat(scores.flatten(), keep, self.mask.dtype).view_as(scores)
+        self._cache = (self._versions(weight), effective, magnitude.add_(self.mask))
+
+    def _versions(self, weight: torch.Tensor) -> tuple[int, int, int]:
+        return weight._version, self.U._version, self.V._version
+
+    def cached(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(W', M + |W'|) from the last refresh if W, U and V have not been modified in place since,
+        else (None, None).
+
+        In-place edits bump a tensor's version, except a fused optimizer's step; the training loop
+        calls the sparsifier's after_step (and so refresh) after every optimizer step, which keeps
+        the cache current (the sparsifier protocol, sparsifiers/base.py).
+        """
+        if self._cache is None or self._cache[0] != self._versions(weight):
+            return None, None
+        return self._cache[1], self._cache[2]
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        effective = self.effective(weight)
-        if not torch.is_grad_enabled():  # evaluation: the cached mask, no scores needed
-            return effective * self.mask
-        return _MaskedStraightThrough.apply(effective, self.scores(effective), self.mask)
+        return _PSTMaskedWeight.apply(weight, self.U, self.V, self.A, self.B, self.R, self.C, self)
 
 
 @SPARSIFIERS.register("pst")
@@ -105,7 +157,11 @@ class ParameterEfficientSparseTraining(Sparsifier):
     - the mask is cached: it is recomputed once per optimizer step (`after_step`, for the sparsity
       of the next step) instead of re-sorting the scores on every forward pass. Training sees the
       same masks, since the scores only change at optimizer steps; evaluation and any extra forward
-      pass reuse the cached mask.
+      pass reuse the cached mask. The official per-step update is kept (the learned scores move
+      the mask at every step, also after the ramp); its exact per-layer top-k is most of what a
+      PST step costs beyond a dense one on a CPU (bench/training_step.py).
+    - the selection keeps round((1 - s) * numel) weights (the shared convention); the official
+      code prunes int(s * numel).
     """
 
     hyperparameters = {"rank_w": 8, "rank_m": 8, "start": 0.1, "end": 0.7, "train_head": True}
@@ -128,7 +184,7 @@ class ParameterEfficientSparseTraining(Sparsifier):
     @property
     def masks(self) -> dict[str, torch.Tensor]:
         if self._layers:
-            return {name: layer.mask for name, layer in self._layers.items()}
+            return {name: layer.mask.bool() for name, layer in self._layers.items()}
         return self._masks
 
     @masks.setter
@@ -187,17 +243,10 @@ class ParameterEfficientSparseTraining(Sparsifier):
         h = self.hyper
         return cubic_sparsity(steps_done, self.total_steps, h["start"], h["end"], 0.0, self.target.sparsity)
 
-    @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:
         """Every layer's mask keeps its round((1 - sparsity) * numel) highest scores."""
         for name, layer in self._layers.items():
-            numel = layer.mask.numel()
-            keep = keep_count(numel, sparsity)
-            if keep >= numel:
-                layer.mask = torch.ones_like(layer.mask)
-                continue
-            scores = layer.scores(layer.effective(self.prunable[name]))
-            layer.mask = top_k_flat(scores.flatten().float(), keep).reshape(scores.shape).to(layer.mask.device)
+            layer.refresh(self.prunable[name], keep_count(layer.mask.numel(), sparsity))
         self.sparsity = sparsity
 
     def begin(self, total_steps: int) -> None:
@@ -224,7 +273,7 @@ class ParameterEfficientSparseTraining(Sparsifier):
             merged = layer.effective(weight) * layer.mask
             parametrize.remove_parametrizations(self._linears[name], "weight", leave_parametrized=False)
             weight.copy_(merged)
-            final[name] = layer.mask
+            final[name] = layer.mask.bool()
         self._layers, self._linears = {}, {}
         self._masks = final
         for param in self.model.parameters():

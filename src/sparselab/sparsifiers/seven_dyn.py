@@ -1,16 +1,21 @@
 """SEVEN during fine-tuning (SEVEN-dyn, the released variant of Xiao et al., IJCNN 2024).
 
 Inside a window of T optimizer steps starting at `window_start`, every step feeds the current
-batch's gradients to each matrix's SevenState (EMA of |G| and G^2 with bias correction, cumulative
-score), then keeps the global top keep(t) fraction of the scores, keep(t) = k + (1-k)(1-(t+1)/T)^3
-with k = 1 - target sparsity. Pruned weights get their score zeroed and never come back; after the
-window the mask is frozen. A window that does not fit in the run is an error, not a silently
+batch's gradients to a SevenState over all prunable weights (EMA of |G| and G^2 with bias
+correction, cumulative score), then keeps the global top keep(t) fraction of the scores,
+keep(t) = k + (1-k)(1-(t+1)/T)^3 with k = 1 - target sparsity. Pruned weights never come back;
+after the window the mask is frozen. The official code zeroes a pruned weight's score; a live
+score can be 0 too (a weight whose gradient stayed 0), and a tie at 0 could then revive a pruned
+weight. Here a pruned score is -1, below every live score (>= 0), so the kept set only shrinks and
+holds exactly k weights. A window that does not fit in the run is an error, not a silently
 under-pruned model (the official RTE and STS-B settings end before their windows do).
 """
 
 from __future__ import annotations
 
-from sparselab.masks import build_masks
+import torch
+
+from sparselab.masks import keep_count, top_k_flat
 from sparselab.schedules import seven_keep_fraction
 from sparselab.scoring.seven_pre import SevenState
 from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier
@@ -38,27 +43,37 @@ class SevenDynamic(Sparsifier):
     allowed_allocations = ("global",)
     allows_nm = False
 
+    def __init__(self, **hyper) -> None:
+        super().__init__(**hyper)
+        h = self.hyper
+        if h["preset"] and h["preset"] not in OFFICIAL_WINDOWS:
+            raise ValueError(f"seven_dyn preset {h['preset']!r} is unknown "
+                             f"(allowed: {', '.join(sorted(OFFICIAL_WINDOWS))}, or '' for none)")
+        if not (0.0 <= h["a1"] < 1.0 and 0.0 <= h["a2"] < 1.0):
+            raise ValueError(f"seven_dyn needs 0 <= a1, a2 < 1 (got a1={h['a1']}, a2={h['a2']})")
+
     def window(self) -> tuple[int, int]:
         """(first step, length) of the pruning window."""
         if self.hyper["preset"]:
-            if self.hyper["preset"] not in OFFICIAL_WINDOWS:
-                raise ValueError(f"seven_dyn preset {self.hyper['preset']!r} is unknown "
-                                 f"(allowed: {', '.join(sorted(OFFICIAL_WINDOWS))})")
             start, length, _ = OFFICIAL_WINDOWS[self.hyper["preset"]]
             return start, length
         return self.hyper["window_start"], self.hyper["window_length"]
 
-    def begin(self, total_steps: int) -> None:
+    def check_steps(self, total_steps: int) -> None:
         start, length = self.window()
         if length < 1 or start + length > total_steps:
             raise ValueError(
                 f"seven_dyn window (start {start}, length {length}) ends at step {start + length}, after the "
-                f"run's {total_steps} optimizer steps: the model would never reach sparsity "
-                f"{self.target.sparsity:g} (allowed: window_start + window_length <= {total_steps}; train "
-                f"longer or shorten the window)"
+                f"run's {total_steps} optimizer steps: the model would never reach its target sparsity "
+                f"(allowed: window_start + window_length <= {total_steps}; train longer or shorten the window)"
             )
+
+    def begin(self, total_steps: int) -> None:
         super().begin(total_steps)
-        self.states = {name: SevenState(float(self.hyper["a1"]), float(self.hyper["a2"])) for name in self.prunable}
+        # One state over the concatenated prunable weights, (N,) with N their total size: a dozen
+        # elementwise kernels per step whatever the number of matrices, and a global top-k on
+        # its score without another copy.
+        self.state = SevenState(float(self.hyper["a1"]), float(self.hyper["a2"]))
 
     def _in_window(self, step: int) -> bool:
         start, length = self.window()
@@ -66,18 +81,18 @@ class SevenDynamic(Sparsifier):
 
     def after_backward(self, step: int) -> None:
         if self._in_window(step):
-            for name, weight in self.prunable.items():
-                self.states[name].update(weight, weight.grad)
+            weights = list(self.prunable.values())
+            self.state.update(torch.cat([w.detach().flatten() for w in weights]),
+                              torch.cat([w.grad.flatten() for w in weights]))
         super().after_backward(step)
 
     def after_step(self, step: int) -> None:
         if self._in_window(step):
             start, length = self.window()
             keep = seven_keep_fraction(step - start, length, self.target.sparsity)
-            scores = {}
-            for name, state in self.states.items():
-                state.score.mul_(self.masks[name])  # pruned weights lose their score for good
-                scores[name] = state.score.cpu()
-            fresh = build_masks(scores, 1.0 - keep, "global", self.target.structure)
-            self.masks = {name: fresh[name].to(self.masks[name].device) & self.masks[name] for name in self.masks}
+            score = self.state.score  # (N,)
+            kept = top_k_flat(score, keep_count(score.numel(), 1.0 - keep))  # (N,) bool
+            score.masked_fill_(~kept, -1.0)  # pruned for good: below every live score
+            views = kept.split([w.numel() for w in self.prunable.values()])
+            self.masks = {name: view.view(w.shape) for (name, w), view in zip(self.prunable.items(), views)}
         self.apply_masks()

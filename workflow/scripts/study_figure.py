@@ -1,0 +1,15 @@
+"""Rule study_figure: a study's figure (its `figure` kind) as PNG and PDF."""
+
+from pathlib import Path
+
+from sparselab.figures import study_figure
+from sparselab.logs import log_to
+
+with log_to(snakemake.log[0]):
+    study_figure(
+        snakemake.params.kind,
+        Path(snakemake.input.table),
+        snakemake.params.epsilon,
+        Path(snakemake.output.png),
+        Path(snakemake.output.pdf),
+    )
