@@ -35,8 +35,15 @@ def reference_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 LARGE = 300_000  # above the size where the sampled bracket is used
 
 
-@pytest.mark.parametrize("case", ["uniform", "heavy_tail", "half_zeros", "few_values", "sorted", "one_huge"])
-@pytest.mark.parametrize("fraction", [0.001, 0.3, 0.5, 0.97])
+def seven_like(n: int, g: torch.Generator) -> torch.Tensor:
+    """SEVEN's scores mid-window: 40% pruned (-1), 20% live with a zero score, the rest positive."""
+    kind = torch.rand(n, generator=g)
+    return torch.where(kind < 0.4, -1.0, torch.where(kind < 0.6, 0.0, torch.rand(n, generator=g)))
+
+
+@pytest.mark.parametrize("case", ["uniform", "heavy_tail", "half_zeros", "few_values", "sorted", "one_huge",
+                                  "middle_ties", "seven_like"])
+@pytest.mark.parametrize("fraction", [0.001, 0.3, 0.5, 0.55, 0.97])
 def test_top_k_flat_on_large_inputs_matches_a_full_sort(case, fraction):
     g = torch.Generator().manual_seed(1)
     scores = {
@@ -46,6 +53,8 @@ def test_top_k_flat_on_large_inputs_matches_a_full_sort(case, fraction):
         "few_values": torch.randint(0, 5, (LARGE,), generator=g).float(),  # huge tie groups
         "sorted": torch.arange(LARGE, dtype=torch.float32),  # a strided sample sees a pattern
         "one_huge": torch.cat([torch.full((LARGE - 1,), 1.0), torch.tensor([1e30])]),
+        "middle_ties": torch.rand(LARGE, generator=g).index_fill_(0, torch.arange(0, LARGE, 3), 0.5),
+        "seven_like": seven_like(LARGE, g),
     }[case]
     k = keep_count(LARGE, 1.0 - fraction)
     assert kth_largest(scores, k) == torch.sort(scores, descending=True).values[k - 1]

@@ -34,28 +34,31 @@ def keep_count(numel: int, sparsity: float) -> int:
 _SMALL = 1 << 16
 # Evenly spaced entries used to guess a narrow value range that holds the k-th largest score.
 _SAMPLE = 1 << 14
-# Threshold guesses tried before falling back to an exact selection among the bracketed entries.
-_GUESSES = 24
+# Threshold guesses tried before selecting exactly among the bracketed entries (which costs
+# about four passes over the scores, as much as four guesses).
+_GUESSES = 8
 
 
-def _above(scores: torch.Tensor, value: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """(how many entries exceed `value`, the 0/1 float mask of them).
+def _above(scores: torch.Tensor, value: torch.Tensor, out: torch.Tensor) -> int:
+    """How many entries exceed `value`; `out` (float32, like scores) receives the 0/1 mask.
 
     Comparing into floats and summing is several times faster on a CPU than a bool tensor and
     count_nonzero; a float32 sum of 0/1 is exact below 2^24 entries, float64 above.
     """
-    above = torch.gt(scores, value, out=torch.empty_like(scores, dtype=torch.float32))
-    return int(above.sum(dtype=torch.float32 if scores.numel() < 1 << 24 else torch.float64)), above
+    torch.gt(scores, value, out=out)
+    return int(out.sum(dtype=torch.float32 if scores.numel() < 1 << 24 else torch.float64))
 
 
-def _threshold_mask(scores: torch.Tensor, k: int) -> torch.Tensor | None:
-    """The 0/1 float mask {scores > t} for a t with exactly k entries above it, or None.
+def _threshold_search(scores: torch.Tensor, k: int) -> tuple[torch.Tensor | None, tuple | None]:
+    """(the 0/1 float mask {scores > t} for a t with exactly k entries above it, or None;
+    (low, high, count above high) with the k-th largest in (low, high], or None).
 
     Two order statistics of an evenly spaced sample bracket the k-th largest score in (low, high];
     then t is searched inside the bracket by interpolation on the counts (every third guess
-    bisects, so skewed data cannot stall it), each guess one vectorised compare-and-sum. None
-    when no such t turns up: the sample missed, or the k-th and (k+1)-th largest are equal (a tie
-    no threshold can split); the caller then selects exactly.
+    bisects, so skewed data cannot stall it), each guess one vectorised compare-and-sum. No t
+    exists when the k-th and (k+1)-th largest are equal (a tie no threshold splits, such as many
+    zero scores): the bracket, narrowed by the search, then tells the caller where to select
+    exactly. Both are None if the sample missed.
     """
     n = scores.numel()
     sample = scores[:: n // _SAMPLE]  # (~_SAMPLE,)
@@ -63,25 +66,40 @@ def _threshold_mask(scores: torch.Tensor, k: int) -> torch.Tensor | None:
     margin = 4.0 * sample.numel() ** 0.5  # ~8 standard deviations of that position
     low = torch.kthvalue(sample, max(int(position - margin), 1)).values
     high = torch.kthvalue(sample, min(int(position + margin) + 1, sample.numel())).values
-    count_low, mask = _above(scores, low)
-    count_high, _ = _above(scores, high)
+    # two reused buffers (a fresh tensor of tens of MB per guess is new memory from the OS each time)
+    mask, scratch = torch.empty_like(scores, dtype=torch.float32), torch.empty_like(scores, dtype=torch.float32)
+    count_low = _above(scores, low, mask)
+    if count_low < k:  # low sits on a block of ties: step down to the next smaller sampled value
+        smaller = sample[sample < low]
+        if smaller.numel():
+            low = smaller.max()
+            count_low = _above(scores, low, mask)
+    count_high = _above(scores, high, scratch)
+    if count_high >= k:  # likewise above
+        larger = sample[sample > high]
+        if larger.numel():
+            high = larger.min()
+            count_high = _above(scores, high, scratch)
     if not count_high < k <= count_low:
-        return None
+        return None, None
     for guess in range(_GUESSES):
         if count_low == k:
-            return mask
+            return mask, None
         fraction = 0.5 if guess % 3 == 2 else (count_low - k) / (count_low - count_high)
         value = low + (high - low) * fraction
         if not low < value < high:  # interpolation hit an end: bisect instead
             value = (low + high) / 2
             if not low < value < high:  # adjacent floats: nothing lies strictly between
-                return None
-        count, above = _above(scores, value)
+                break
+        count = _above(scores, value, scratch)
+        if count in (count_low, count_high):  # no entry between: a block of ties holds the k-th largest
+            break
         if count >= k:
-            low, count_low, mask = value, count, above
+            low, count_low = value, count
+            mask, scratch = scratch, mask
         else:
             high, count_high = value, count
-    return None
+    return None, (low, high, count_high)
 
 
 def kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -101,7 +119,7 @@ def top_k_flat(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) ->
     scores: (N,) float. `dtype`: bool, or a float dtype for a 0/1 multiplier (what a training step
     multiplies with). A plain kthvalue over 10M scores takes ~0.2 s on one CPU thread, as long as
     a fine-tuning step of MiniLM, and during-training methods select every step; so large inputs
-    on a CPU first try a threshold search (_threshold_mask, 2-3x faster). Otherwise the k-th largest value
+    on a CPU first try a threshold search (_threshold_search, 2-3x faster). Otherwise the k-th largest value
     is the threshold: everything above it is kept and the remaining places go to the first entries
     equal to it.
     """
@@ -112,11 +130,17 @@ def top_k_flat(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) ->
         return torch.zeros(n, dtype=dtype, device=scores.device)
     if k >= n:
         return torch.ones(n, dtype=dtype, device=scores.device)
+    bracket = None
     if n > _SMALL and scores.dtype == torch.float32 and scores.device.type == "cpu":  # a GPU selects fast
-        mask = _threshold_mask(scores, k)
+        mask, bracket = _threshold_search(scores, k)
         if mask is not None:
             return mask.to(dtype)
-    threshold = kth_largest(scores, k)
+    if bracket is not None:  # the k-th largest is the (k - #above)-th largest of the few in the bracket
+        low, high, above = bracket
+        between = scores[(scores > low) & (scores <= high)]
+        threshold = torch.kthvalue(between, between.numel() - (k - above) + 1).values
+    else:
+        threshold = kth_largest(scores, k)
     if scores.device.type != "cpu":  # no host sync: the first (k - #above) tied entries by a running count
         ties = scores == threshold
         places = k - torch.count_nonzero(scores > threshold)

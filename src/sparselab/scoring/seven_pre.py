@@ -13,6 +13,10 @@ from sparselab.scoring.base import SCORERS, Scorer, ScoringContext
 from sparselab.scoring.calibration import calibration_gradients
 
 
+# Elements per chunk of a CPU update: its 7 float32 chunks (7 MiB) stay in cache between passes.
+_CPU_CHUNK = 1 << 18
+
+
 class SevenState:
     """SEVEN's running statistics of one weight matrix (methods.md, section 3).
 
@@ -46,24 +50,29 @@ class SevenState:
 
     @torch.no_grad()
     def update(self, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """One SEVEN step with the weight W and its gradient G (both out x in); returns the
-        accumulated score I_t (float32, out x in).
+        """One SEVEN step with the weight W and its gradient G (same shape); returns the
+        accumulated score I_t (float32, that shape).
 
-        Computed in place, ten passes over the matrix: with c1, c2 the bias corrections,
-        m^ / (sqrt(v^) + eps) = (sqrt(c2) / c1) * m / (sqrt(v) + eps sqrt(c2)).
+        Computed in place, ten passes: with c1, c2 the bias corrections,
+        m^ / (sqrt(v^) + eps) = (sqrt(c2) / c1) * m / (sqrt(v) + eps sqrt(c2)). On a CPU the ten
+        passes run chunk by chunk, so that each chunk stays in cache (over all the prunable weights
+        at once, every pass would go to memory); two scratch tensors are kept between steps.
         """
-        g = grad.abs().float()  # a fresh tensor: it is reused as scratch below
         if self.steps == 0:
-            self.m = torch.zeros_like(g)
-            self.v = torch.zeros_like(g)
-            self.score = torch.zeros_like(g)
-        self.m.lerp_(g, 1.0 - self.a1)  # m = a1 m + (1 - a1) g
-        self.v.mul_(self.a2).addcmul_(g, g, value=1.0 - self.a2)
+            self.m, self.v, self.score = (torch.zeros_like(grad, dtype=torch.float32) for _ in range(3))
+            self._scratch = (torch.empty_like(self.m), torch.empty_like(self.m))
         self.steps += 1
         root_c2 = math.sqrt(1.0 - self.a2**self.steps)
-        denominator = self.v.sqrt().add_(self.eps * root_c2)
-        g.mul_(self.m).mul_(weight.float().abs())  # |W| g m: every factor but W is >= 0
-        self.score.addcdiv_(g, denominator, value=root_c2 / (1.0 - self.a1**self.steps))
+        scale = root_c2 / (1.0 - self.a1**self.steps)
+        chunk = _CPU_CHUNK if grad.device.type == "cpu" else grad.numel()
+        flat = [t.view(-1) for t in (weight, grad, self.m, self.v, self.score, *self._scratch)]
+        for start in range(0, grad.numel(), chunk):
+            w, g_in, m, v, score, g, other = (t[start : start + chunk] for t in flat)
+            torch.abs(g_in, out=g)
+            m.lerp_(g, 1.0 - self.a1)  # m = a1 m + (1 - a1) g
+            v.mul_(self.a2).addcmul_(g, g, value=1.0 - self.a2)
+            g.mul_(m).mul_(torch.abs(w, out=other))  # |W| g m: every factor but W is >= 0
+            score.addcdiv_(g, torch.sqrt(v, out=other).add_(self.eps * root_c2), value=scale)
         return self.score
 
 

@@ -52,6 +52,8 @@ class Sparsifier(Configurable, ABC):
     @property
     def masks(self) -> dict[str, torch.Tensor]:
         """The current masks: bool tensors shaped like their weights, True = kept."""
+        if self._masks is None:
+            self._masks = {name: multiplier.bool() for name, multiplier in self._multipliers.items()}
         return self._masks
 
     @masks.setter
@@ -60,6 +62,11 @@ class Sparsifier(Configurable, ABC):
         # The same masks as 0/1 in the weights' dtype: multiplying by them is ~10x faster on a CPU
         # than by a bool tensor, which is converted element by element on every use.
         self._multipliers = {name: mask.to(self.prunable[name].dtype) for name, mask in masks.items()}
+
+    def set_multipliers(self, multipliers: dict[str, torch.Tensor]) -> None:
+        """Set the masks as 0/1 tensors in the weights' dtype (the bool view is made on demand)."""
+        self._multipliers = multipliers
+        self._masks = None
 
     def check_steps(self, total_steps: int) -> None:
         """ValueError if the method's schedule cannot run its course in `total_steps` optimizer

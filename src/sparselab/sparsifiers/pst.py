@@ -3,8 +3,8 @@
 methods.md section 5. Every prunable Linear keeps its pretrained weight W (out x in) frozen and
 gets two low-rank parts: the weight update and the importance update,
 
-    W' = W + U V                                  U: out x r_w (normal, std 0.02), V: r_w x in (0)
-    S  = |W'| + A B + (R 1^T + 1 C^T)             A: out x r_m (normal, std 0.02), B: r_m x in (0),
+    W' = W + U V                                  U: out x r_w (standard normal), V: r_w x in (0)
+    S  = |W'| + A B + (R 1^T + 1 C^T)             A: out x r_m (standard normal), B: r_m x in (0),
                                                   R: out (0), C: in (0)
 
 The layer computes with W' * M, where M keeps the highest round((1 - s) * numel) scores of S in that
@@ -26,7 +26,10 @@ from sparselab.masks import keep_count, top_k_flat
 from sparselab.schedules import cubic_sparsity
 from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier, Target
 
-INIT_STD = 0.02
+# U and A are standard normal, as in the official code (torch.randn): V and B start at 0, so W' = W
+# and S = |W| at first, and the scale of U, A sets how fast V, B move W' and S (with std 0.02,
+# a 79-step run leaves W' = W and the mask = the magnitude mask).
+INIT_STD = 1.0
 
 
 def _float32(device: torch.device):

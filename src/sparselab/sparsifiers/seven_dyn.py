@@ -74,6 +74,9 @@ class SevenDynamic(Sparsifier):
         # elementwise kernels per step whatever the number of matrices, and a global top-k on
         # its score without another copy.
         self.state = SevenState(float(self.hyper["a1"]), float(self.hyper["a2"]))
+        # (N,) buffers for the concatenated weights and gradients, reused: see SevenState.update
+        numel = sum(w.numel() for w in self.prunable.values())
+        self._flat = tuple(torch.empty(numel, device=next(iter(self.prunable.values())).device) for _ in range(2))
 
     def _in_window(self, step: int) -> bool:
         start, length = self.window()
@@ -82,8 +85,10 @@ class SevenDynamic(Sparsifier):
     def after_backward(self, step: int) -> None:
         if self._in_window(step):
             weights = list(self.prunable.values())
-            self.state.update(torch.cat([w.detach().flatten() for w in weights]),
-                              torch.cat([w.grad.flatten() for w in weights]))
+            flat_weights, flat_grads = self._flat
+            torch.cat([w.detach().flatten() for w in weights], out=flat_weights)
+            torch.cat([w.grad.flatten() for w in weights], out=flat_grads)
+            self.state.update(flat_weights, flat_grads)
         super().after_backward(step)
 
     def after_step(self, step: int) -> None:
@@ -91,8 +96,9 @@ class SevenDynamic(Sparsifier):
             start, length = self.window()
             keep = seven_keep_fraction(step - start, length, self.target.sparsity)
             score = self.state.score  # (N,)
-            kept = top_k_flat(score, keep_count(score.numel(), 1.0 - keep))  # (N,) bool
-            score.masked_fill_(~kept, -1.0)  # pruned for good: below every live score
+            kept = top_k_flat(score, keep_count(score.numel(), 1.0 - keep), score.dtype)  # (N,) 0/1
+            score.mul_(kept).add_(kept).sub_(1.0)  # pruned for good: -1, below every live score
             views = kept.split([w.numel() for w in self.prunable.values()])
-            self.masks = {name: view.view(w.shape) for (name, w), view in zip(self.prunable.items(), views)}
+            self.set_multipliers({name: view.view(w.shape).to(w.dtype)
+                                  for (name, w), view in zip(self.prunable.items(), views)})
         self.apply_masks()
