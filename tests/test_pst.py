@@ -172,14 +172,19 @@ def test_gradients_reach_the_pst_parameters_only(tiny_bert):
         "classifier.weight", "classifier.bias"}
 
 
+def one_linear_pst(in_features: int, out_features: int, rank_w: int, rank_m: int, sparsity: float):
+    """(model, sparsifier, PST layer) of one bias-free Linear with its mask at `sparsity` from step 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(in_features, out_features, bias=False))
+    sparsifier = ParameterEfficientSparseTraining(rank_w=rank_w, rank_m=rank_m, start=0.0, end=0.0)
+    sparsifier.attach(model, {"0.weight": model[0].weight}, layerwise(sparsity))
+    sparsifier.begin(1)
+    return model, sparsifier, sparsifier._layers["0.weight"]
+
+
 def test_straight_through_gradients_by_hand():
     # one Linear, loss = sum of outputs: dL/dW_masked[i, j] = sum_b x[b, j] whatever the mask
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 3, bias=False))
-    sparsifier = ParameterEfficientSparseTraining(rank_w=2, rank_m=2, start=0.0, end=0.0)
-    sparsifier.attach(model, {"0.weight": model[0].weight}, layerwise(0.5))
-    sparsifier.begin(1)
-    layer = sparsifier._layers["0.weight"]
+    model, sparsifier, layer = one_linear_pst(4, 3, rank_w=2, rank_m=2, sparsity=0.5)
     with torch.no_grad():
         layer.V.normal_()
     x = torch.randn(5, 4)
@@ -264,12 +269,7 @@ def test_mask_is_cached_between_optimizer_steps(tiny_bert):
 
 def test_gradients_match_autograd_through_the_explicit_importance():
     # the reference builds S and the straight-through mask W' * (M + S - S.detach()) explicitly
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 5, bias=False))
-    sparsifier = ParameterEfficientSparseTraining(rank_w=2, rank_m=3, start=0.0, end=0.0)
-    sparsifier.attach(model, {"0.weight": model[0].weight}, layerwise(0.4))
-    sparsifier.begin(1)
-    layer = sparsifier._layers["0.weight"]
+    model, sparsifier, layer = one_linear_pst(6, 5, rank_w=2, rank_m=3, sparsity=0.4)
     with torch.no_grad():
         for p in (layer.V, layer.B, layer.R, layer.C):
             p.normal_()
