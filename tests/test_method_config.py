@@ -60,6 +60,8 @@ def test_methods_that_compose(method, study):
         ({"sparsifier": "seven_dyn", "preset": "sst-2"}, {},
          "methods.candidate: seven_dyn preset 'sst-2' is unknown (allowed: cola, mnli, mrpc, qnli, qqp, rte, sst2, stsb"),
         ({"sparsifier": "pst", "rank_w": 0}, {}, "methods.candidate: pst: rank_w must be a positive integer, not 0"),
+        ({"scorer": "seven_pre", "a1": 1.0}, {}, "methods.candidate: SEVEN needs 0 <= a1, a2 < 1 (got a1=1.0"),
+        ({"sparsifier": "seven_dyn", "a2": 1.5}, {}, "methods.candidate: SEVEN needs 0 <= a1, a2 < 1"),
         ({"sparsifier": "pst", "start": 0.8, "end": 0.2}, {}, "methods.candidate: pst: need 0 <= start <= end <= 1"),
     ],
 )

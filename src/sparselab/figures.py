@@ -57,6 +57,13 @@ def _panels(table: pd.DataFrame) -> tuple[plt.Figure, list]:
     return fig, [(ax, key, rows) for ax, (key, rows) in zip(axes[0], groups)]
 
 
+def _draw_dense(ax: plt.Axes, panel: pd.DataFrame, epsilon: float) -> None:
+    """The dense model as a grey line and the band within epsilon below it."""
+    dense = panel["dense_value"].mean()
+    ax.axhline(dense, color="0.3", lw=1, label=f"dense ({dense:.3f})")
+    ax.axhspan(dense - epsilon, dense, color="0.85", label=f"within epsilon = {epsilon:g} of dense")
+
+
 def _finish_panel(ax: plt.Axes, model: str, task: str, metric: str) -> None:
     ax.set_title(f"{model} on {task}")
     ax.set_xlabel("sparsity of the prunable set")
@@ -79,9 +86,7 @@ def essential_sparsity_figure(table: pd.DataFrame, epsilon: float, png: Path, pd
     palette = dict(zip(sorted(table["setup"].unique()), sns.color_palette("colorblind")))
     fig, panels = _panels(table)
     for ax, (model, task), panel in panels:
-        dense = panel["dense_value"].mean()
-        ax.axhline(dense, color="0.3", lw=1, label=f"dense ({dense:.3f})")
-        ax.axhspan(dense - epsilon, dense, color="0.85", label=f"within epsilon = {epsilon:g} of dense")
+        _draw_dense(ax, panel, epsilon)
         for (setup, stage), curve in panel.groupby(["setup", "stage"]):
             _draw_curve(ax, curve, color=palette[setup], linestyle=STAGE_STYLE[stage],
                         label=f"{setup}: {STAGE_LABEL[stage]}")
@@ -108,9 +113,7 @@ def method_comparison_figure(table: pd.DataFrame, epsilon: float, png: Path, pdf
     markers = dict(zip(lines, "osD^vP*Xhp<>"))
     fig, panels = _panels(finetuned)
     for ax, (model, task), panel in panels:
-        dense = panel["dense_value"].mean()
-        ax.axhline(dense, color="0.3", lw=1, label=f"dense ({dense:.3f})")
-        ax.axhspan(dense - epsilon, dense, color="0.85", label=f"within epsilon = {epsilon:g} of dense")
+        _draw_dense(ax, panel, epsilon)
         for line, curve in panel.groupby("line"):
             _draw_curve(ax, curve, color=palette[line], marker=markers[line], label=line)
         _finish_panel(ax, model, task, panel["metric"].iloc[0])

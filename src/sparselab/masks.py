@@ -142,9 +142,9 @@ def top_k_flat(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) ->
     else:
         threshold = kth_largest(scores, k)
     if scores.device.type != "cpu":  # no host sync: the first (k - #above) tied entries by a running count
-        ties = scores == threshold
-        places = k - torch.count_nonzero(scores > threshold)
-        return ((scores > threshold) | (ties & (torch.cumsum(ties, 0) <= places))).to(dtype)
+        above, ties = scores > threshold, scores == threshold
+        places = k - torch.count_nonzero(above)
+        return (above | (ties & (torch.cumsum(ties, 0) <= places))).to(dtype)
     keep = torch.ge(scores, threshold, out=torch.empty(n, dtype=dtype, device=scores.device))
     extra = int(keep.sum()) - k  # ties at the threshold beyond the k places
     if extra:

@@ -17,6 +17,12 @@ from sparselab.scoring.calibration import calibration_gradients
 _CPU_CHUNK = 1 << 18
 
 
+def check_decays(a1: float, a2: float) -> None:
+    """ValueError unless 0 <= a1, a2 < 1 (the EMA rates of SEVEN; 1 would divide by zero)."""
+    if not (0.0 <= a1 < 1.0 and 0.0 <= a2 < 1.0):
+        raise ValueError(f"SEVEN needs 0 <= a1, a2 < 1 (got a1={a1}, a2={a2})")
+
+
 class SevenState:
     """SEVEN's running statistics of one weight matrix (methods.md, section 3).
 
@@ -30,8 +36,7 @@ class SevenState:
     """
 
     def __init__(self, a1: float = 0.8, a2: float = 0.9, eps: float = 1e-9) -> None:
-        if not (0.0 <= a1 < 1.0 and 0.0 <= a2 < 1.0):
-            raise ValueError(f"SEVEN needs 0 <= a1, a2 < 1 (got a1={a1}, a2={a2})")
+        check_decays(a1, a2)
         self.a1, self.a2, self.eps = a1, a2, eps
         self.m: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
@@ -85,6 +90,10 @@ class SevenPreScorer(Scorer):
 
     hyperparameters = {"window": 32, "a1": 0.8, "a2": 0.9, "batch_size": 32, "max_length": 128}
     needs_data = True
+
+    def __init__(self, **hyper) -> None:
+        super().__init__(**hyper)
+        check_decays(self.hyper["a1"], self.hyper["a2"])  # at config time, not in the job
 
     def score(self, ctx: ScoringContext) -> dict[str, torch.Tensor]:
         states = {name: SevenState(float(self.hyper["a1"]), float(self.hyper["a2"])) for name in ctx.prunable}

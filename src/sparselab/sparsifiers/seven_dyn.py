@@ -17,7 +17,7 @@ import torch
 
 from sparselab.masks import keep_count, top_k_flat
 from sparselab.schedules import seven_keep_fraction
-from sparselab.scoring.seven_pre import SevenState
+from sparselab.scoring.seven_pre import SevenState, check_decays
 from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier
 
 # The official per-task windows: (start step, length, target sparsity) at batch 32, 10 epochs.
@@ -49,8 +49,7 @@ class SevenDynamic(Sparsifier):
         if h["preset"] and h["preset"] not in OFFICIAL_WINDOWS:
             raise ValueError(f"seven_dyn preset {h['preset']!r} is unknown "
                              f"(allowed: {', '.join(sorted(OFFICIAL_WINDOWS))}, or '' for none)")
-        if not (0.0 <= h["a1"] < 1.0 and 0.0 <= h["a2"] < 1.0):
-            raise ValueError(f"seven_dyn needs 0 <= a1, a2 < 1 (got a1={h['a1']}, a2={h['a2']})")
+        check_decays(h["a1"], h["a2"])
 
     def window(self) -> tuple[int, int]:
         """(first step, length) of the pruning window."""
