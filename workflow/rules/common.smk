@@ -1,15 +1,20 @@
-# Validation of params.yaml (before any job starts) and the lookups rules share.
+# Validation of params.yaml and of the results folder (before any job starts), and the lookups
+# rules share.
 
 import re
 import sys
 
 from sparselab.config import ConfigError, validate_config
 from sparselab.grid import expand_studies, runs_by_key, study_runs
+from sparselab.io import OutputWriteError, check_writable
+from sparselab.preflight import check_on_disk
 
 
 try:
     config.update(validate_config(config))
-except ConfigError as error:
+    check_on_disk(config)
+    check_writable("results")
+except (ConfigError, OutputWriteError) as error:
     sys.exit(f"error: {error}")
 
 RUNS = expand_studies(config)
@@ -115,3 +120,8 @@ def finetune_inputs(wildcards):
     if not run.dense and one_shot(run):
         inputs["mask"] = f"{run.mask_prefix}/mask.safetensors"
     return inputs
+
+
+def trust_remote_code(model):
+    """Whether a model may run code from its own files: its entry's opt-in (default false)."""
+    return config["models"][model]["trust_remote_code"]

@@ -13,6 +13,7 @@ rule evaluate_finetuned:
         prunable=lambda w: prunable_of(run_of(w)),
         evaluation=evaluation_settings(),
         max_length=lambda w: recipe_of(run_of(w))["max_length"],
+        trust_remote_code=lambda w: trust_remote_code(run_of(w).model),
     threads: 2
     resources:
         mem_mb=4000,
@@ -41,6 +42,7 @@ rule evaluate_oneshot:
         seed=lambda w: oneshot_of(w).seed,
         evaluation=evaluation_settings(),
         max_length=lambda w: recipe_of(oneshot_of(w))["max_length"],
+        trust_remote_code=lambda w: trust_remote_code(oneshot_of(w).model),
     threads: 2
     resources:
         mem_mb=4000,

@@ -13,6 +13,7 @@ rule fetch_model:
         source=lambda w: config["models"][w.model]["source"],
         sha256=lambda w: config["models"][w.model].get("sha256"),
         member=lambda w: config["models"][w.model].get("member"),
+        trust_remote_code=lambda w: trust_remote_code(w.model),
     conda:
         "../../environment.yml"
     log:

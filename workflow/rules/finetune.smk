@@ -16,6 +16,7 @@ rule finetune:
         recipe=lambda w: recipe_of(run_of(w)),
         seed=lambda w: run_of(w).seed,
         during_training=lambda w: during_training(run_of(w)),
+        trust_remote_code=lambda w: trust_remote_code(run_of(w).model),
     threads: 2
     resources:
         mem_mb=lambda w, attempt: 8000 * attempt,

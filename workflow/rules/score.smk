@@ -11,6 +11,7 @@ rule score:
         method=lambda w: config["methods"][w.method],
         prunable=lambda w: config["models"][w.model]["prunable"],
         seed=lambda w: int(w.seed),
+        trust_remote_code=lambda w: trust_remote_code(w.model),
     threads: 2
     resources:
         mem_mb=4000,

@@ -20,4 +20,5 @@ with log_to(snakemake.log[0]):
         evaluation=snakemake.params.evaluation,
         max_length=snakemake.params.max_length,
         threads=snakemake.threads,
+        trust_remote_code=snakemake.params.trust_remote_code,
     )

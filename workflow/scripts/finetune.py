@@ -15,4 +15,5 @@ with log_to(snakemake.log[0]):
         seed=snakemake.params.seed,
         threads=snakemake.threads,
         during_training=snakemake.params.during_training,
+        trust_remote_code=snakemake.params.trust_remote_code,
     )

@@ -14,4 +14,5 @@ with log_to(snakemake.log[0]):
         prunable=snakemake.params.prunable,
         seed=snakemake.params.seed,
         threads=snakemake.threads,
+        trust_remote_code=snakemake.params.trust_remote_code,
     )
