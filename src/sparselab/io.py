@@ -177,8 +177,6 @@ def check_tensors_file(path: str | Path) -> dict[str, str]:
             digest = hashlib.sha256()
             for chunk in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(chunk)
-    except FileNotFoundError:
-        raise
     except (ValueError, KeyError, TypeError, IndexError, struct.error) as error:
         raise CorruptFileError(f"{path} is truncated or not a safetensors file ({error}): {_recompute_advice(path)}") from None
     expected = metadata.get(CHECKSUM_KEY)
