@@ -278,13 +278,16 @@ def _fetch_hub_model(repo_id: str, dest: Path) -> None:
     shutil.copytree(folder, dest, dirs_exist_ok=True)  # follows the cache's symlinks
 
 
+def has_model_files(names: list[str]) -> bool:
+    """Whether a folder's file names include config.json and safetensors or pytorch_model*.bin weights."""
+    has_weights = any(name.endswith(".safetensors") or PICKLE_WEIGHTS.fullmatch(name) for name in names)
+    return "config.json" in names and has_weights
+
+
 def _check_weights(folder: Path, source: str) -> None:
     """FetchError unless folder holds config.json and safetensors or pytorch_model*.bin weights."""
     names = sorted(path.name for path in folder.iterdir())
-    has_weights = any(
-        name.endswith(".safetensors") or PICKLE_WEIGHTS.fullmatch(name) for name in names
-    )
-    if "config.json" not in names or not has_weights:
+    if not has_model_files(names):
         shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "") or "nothing"
         raise FetchError(
             f"no weights in {source!r}: need config.json and model.safetensors (or sharded "

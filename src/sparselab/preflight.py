@@ -11,12 +11,12 @@ line naming the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 from sparselab.config import ConfigError
-from sparselab.fetch import fetched_matrices
+from sparselab.fetch import fetched_matrices, has_model_files
 from sparselab.masks import Structure
+from sparselab.prunable import prunable_names
 
 WEIGHTS_WORDS = "a folder with config.json and model.safetensors (or sharded *.safetensors, or pytorch_model.bin)"
 
@@ -47,20 +47,14 @@ def _check_local_model(key: str, source: str) -> None:
     if not folder.is_dir():
         raise ConfigError(key, f"{source!r} is not a folder (allowed: {WEIGHTS_WORDS})")
     names = sorted(path.name for path in folder.iterdir())
-    has_weights = any(n.endswith(".safetensors") or (n.startswith("pytorch_model") and n.endswith(".bin")) for n in names)
-    if "config.json" not in names or not has_weights:
+    if not has_model_files(names):
         found = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else "nothing"
         raise ConfigError(key, f"{source!r} has no weights, only {found} (allowed: {WEIGHTS_WORDS})")
 
 
 def prunable_shapes(matrices: dict[str, list[int]], prunable: dict, key: str) -> dict[str, list[int]]:
     """The [out, in] shapes of the matrices the include/exclude regexes select; ConfigError if none."""
-    include = [re.compile(p) for p in prunable["include"]]
-    exclude = [re.compile(p) for p in prunable.get("exclude", [])]
-    chosen = {
-        name: shape for name, shape in matrices.items()
-        if any(p.search(name) for p in include) and not any(p.search(name) for p in exclude)
-    }
+    chosen = {name: matrices[name] for name in prunable_names(matrices, prunable["include"], prunable.get("exclude", []))}
     if not chosen:
         example = next(iter(matrices), "none")
         raise ConfigError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Iterable
 
 from torch import nn
 
@@ -11,21 +12,21 @@ class PrunableSetError(ValueError):
     """The include/exclude patterns select no matrix of the model."""
 
 
+def prunable_names(names: Iterable[str], include: list[str], exclude: list[str]) -> list[str]:
+    """The names that match an include pattern and no exclude pattern (re.search), in order."""
+    included = [re.compile(p) for p in include]
+    excluded = [re.compile(p) for p in exclude]
+    return [n for n in names if any(p.search(n) for p in included) and not any(p.search(n) for p in excluded)]
+
+
 def select_prunable(model: nn.Module, include: list[str], exclude: list[str]) -> dict[str, nn.Parameter]:
     """Parameters whose name matches an include pattern and no exclude pattern (re.search).
 
     Only 2-D weights qualify (biases and LayerNorm vectors are never pruned). The dict keeps the
     model's parameter order, which fixes the deterministic tie-breaking order of the allocators.
     """
-    included = [re.compile(p) for p in include]
-    excluded = [re.compile(p) for p in exclude]
-    chosen = {
-        name: param
-        for name, param in model.named_parameters()
-        if param.dim() == 2
-        and any(p.search(name) for p in included)
-        and not any(p.search(name) for p in excluded)
-    }
+    matrices = {name: param for name, param in model.named_parameters() if param.dim() == 2}
+    chosen = {name: matrices[name] for name in prunable_names(matrices, include, exclude)}
     if not chosen:
         raise PrunableSetError(
             f"prunable.include {include} (exclude {exclude}) matches no 2-D weight of the model "
