@@ -21,7 +21,12 @@ slurm-profile:
 	else echo "kept your own $(SLURM_PROFILE)"; fi
 
 # Rebuilt when the pins change; pip reads torch 2.14.1 / torchvision 0.29.1 like any other pin.
+# A C++ compiler lets torch compile the fused kernels (src/sparselab/fused.py) for the CPU; without
+# one they run op by op, with the same results, several times slower.
 $(STAMP): requirements.lock pyproject.toml
+	command -v g++ >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends g++; } || \
+		echo "note: no C++ compiler (g++): fused kernels will run op by op"
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.lock
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .

@@ -30,10 +30,17 @@ from sparselab.sparsifiers import SPARSIFIERS, FixedMask, Target
 
 PRUNABLE = [r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense"
             r"|intermediate\.dense|output\.dense)\.weight$"]
-# Hyper-parameters that keep every sparsifier active (updating masks) during the timed steps.
-ACTIVE = {"gmp": {"start": 0.0, "end": 1.0, "frequency": 1},
-          "seven_dyn": {"window_start": 0, "window_length": 10_000},
-          "pst": {"start": 0.0, "end": 1.0}}
+
+
+def busiest(name: str, total_steps: int) -> dict:
+    """Hyper-parameters that keep a sparsifier at its busiest over a run of `total_steps`: gmp and
+    pst ramp from 0 to the target over the whole run and select a new mask every step, seven_dyn
+    accumulates scores and selects a global top-k every step of a window as long as the run."""
+    return {"gmp": {"start": 0.0, "end": 1.0, "frequency": 1},
+            "seven_dyn": {"window_start": 0, "window_length": total_steps},
+            "pst": {"start": 0.0, "end": 1.0}}.get(name, {})
+
+
 SETUPS = {"pst": "layerwise"}
 
 
@@ -57,7 +64,7 @@ def make_variant(name: str, model: torch.nn.Module, total_steps: int):
     elif name == "fixed_mask":
         sparsifier = FixedMask(build_masks({n: p.detach().abs() for n, p in prunable.items()}, 0.5, "global", Structure()))
     else:
-        sparsifier = SPARSIFIERS.get(name)(**ACTIVE.get(name, {}))
+        sparsifier = SPARSIFIERS.get(name)(**busiest(name, total_steps))
     if sparsifier is not None:
         sparsifier.attach(model, prunable, target)
         sparsifier.begin(total_steps)
@@ -90,11 +97,11 @@ def main() -> None:
     batches = [{k: v.to(device) for k, v in batch.items()}
                for batch in iterate_batches(data, 32, torch.Generator().manual_seed(0), group_by_length=True)]
     names = ["dense", *[n for n in ["fixed_mask", *SPARSIFIERS.names()] if not args.variants or n in args.variants]]
-    variants = {name: make_variant(name, load_model(args.model, task, args.random_init).to(device), 10_000)
+    variants = {name: make_variant(name, load_model(args.model, task, args.random_init).to(device), len(batches))
                 for name in names}
     times: dict[str, list[float]] = {name: [] for name in [*names, "seven_scores"]}
     dense_weights = list(select_prunable(variants["dense"][0], PRUNABLE, []).values())
-    seven_state = SevenState()  # as seven_dyn keeps it: one state over the concatenated matrices
+    seven_state = SevenState()  # as seven_dyn keeps it
     if device.type == "cuda":  # an untimed pass, so that no variant pays the kernel choice of a new shape
         for step, batch in enumerate(batches):
             for model, sparsifier, optimizer in variants.values():
@@ -108,8 +115,7 @@ def main() -> None:
                 times[name].append((time.perf_counter() - start) * 1000)
             if name == "dense":  # its gradients are still there: feed them to SEVEN's statistics
                 start = time.perf_counter()
-                seven_state.update(torch.cat([w.detach().flatten() for w in dense_weights]),
-                                   torch.cat([w.grad.flatten() for w in dense_weights]))
+                seven_state.update(dense_weights, [w.grad for w in dense_weights])
                 synchronize(device)
                 if step > 0:
                     times["seven_scores"].append((time.perf_counter() - start) * 1000)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparselab.masks import (ALLOCATIONS, Structure, build_masks, keep_count, kth_largest, nm_mask, sparsity_report,
-                             top_k_flat)
+                             top_k_flat, top_k_parts, top_k_rows)
 from sparselab.prunable import PrunableSetError, select_prunable
 
 
@@ -41,24 +41,46 @@ def seven_like(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.where(kind < 0.4, -1.0, torch.where(kind < 0.6, 0.0, torch.rand(n, generator=g)))
 
 
-@pytest.mark.parametrize("case", ["uniform", "heavy_tail", "half_zeros", "few_values", "sorted", "one_huge",
-                                  "middle_ties", "seven_like"])
+def large_scores(case: str, g: torch.Generator) -> torch.Tensor:
+    """(LARGE,) scores of one kind: continuous, heavy-tailed or full of ties."""
+    return {
+        "uniform": lambda: torch.rand(LARGE, generator=g),
+        "heavy_tail": lambda: torch.randn(LARGE, generator=g).exp() ** 4,
+        "half_zeros": lambda: torch.rand(LARGE, generator=g) * (torch.rand(LARGE, generator=g) < 0.5),  # ties at 0
+        "few_values": lambda: torch.randint(0, 5, (LARGE,), generator=g).float(),  # huge tie groups
+        "sorted": lambda: torch.arange(LARGE, dtype=torch.float32),  # a strided sample sees a pattern
+        "one_huge": lambda: torch.cat([torch.full((LARGE - 1,), 1.0), torch.tensor([1e30])]),
+        "middle_ties": lambda: torch.rand(LARGE, generator=g).index_fill_(0, torch.arange(0, LARGE, 3), 0.5),
+        "seven_like": lambda: seven_like(LARGE, g),
+    }[case]()
+
+
+CASES = ["uniform", "heavy_tail", "half_zeros", "few_values", "sorted", "one_huge", "middle_ties", "seven_like"]
+
+
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("fraction", [0.001, 0.3, 0.5, 0.55, 0.97])
 def test_top_k_flat_on_large_inputs_matches_a_full_sort(case, fraction):
-    g = torch.Generator().manual_seed(1)
-    scores = {
-        "uniform": torch.rand(LARGE, generator=g),
-        "heavy_tail": torch.randn(LARGE, generator=g).exp() ** 4,
-        "half_zeros": torch.rand(LARGE, generator=g) * (torch.rand(LARGE, generator=g) < 0.5),  # ties at 0
-        "few_values": torch.randint(0, 5, (LARGE,), generator=g).float(),  # huge tie groups
-        "sorted": torch.arange(LARGE, dtype=torch.float32),  # a strided sample sees a pattern
-        "one_huge": torch.cat([torch.full((LARGE - 1,), 1.0), torch.tensor([1e30])]),
-        "middle_ties": torch.rand(LARGE, generator=g).index_fill_(0, torch.arange(0, LARGE, 3), 0.5),
-        "seven_like": seven_like(LARGE, g),
-    }[case]
+    scores = large_scores(case, torch.Generator().manual_seed(1))
     k = keep_count(LARGE, 1.0 - fraction)
     assert kth_largest(scores, k) == torch.sort(scores, descending=True).values[k - 1]
     assert torch.equal(top_k_flat(scores, k), reference_top_k(scores, k))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_top_k_over_rows_and_parts_matches_a_full_sort_of_each_row(case):
+    # rows of different kinds and scales, each cut into parts of uneven lengths (as the global
+    # allocation sees matrices): the masks are those of each whole row
+    g = torch.Generator().manual_seed(2)
+    rows = torch.stack([large_scores(case, g), large_scores("uniform", g) * 3.0, large_scores(case, g) - 1.0])
+    k = keep_count(LARGE, 0.45)
+    parts = [part.contiguous() for part in rows.split([LARGE // 7, LARGE // 2, LARGE - LARGE // 7 - LARGE // 2], 1)]
+    keeps = top_k_parts(parts, k)
+    whole = top_k_rows(rows, k)
+    for row in range(3):
+        expected = reference_top_k(rows[row], k)
+        assert torch.equal(torch.cat([keep[row] for keep in keeps]), expected), row
+        assert torch.equal(whole[row], expected), row
 
 
 def test_top_k_flat_rejects_nan():

@@ -48,6 +48,13 @@ def run_steps(model, sparsifier, steps: int, lr: float = 1e-2, on_step=None) -> 
             on_step(step)
 
 
+def grads_of(sparsifier, name: str) -> dict[str, torch.Tensor]:
+    """The gradients of one matrix's U, V, A, B, R, C (slices of its group's), None before any."""
+    group, index = sparsifier.slots[name]
+    return {letter: None if getattr(group, letter).grad is None else getattr(group, letter).grad[index]
+            for letter in "UVABRC"}
+
+
 def linear_of(model, name: str) -> nn.Linear:
     return model.get_submodule(name.rpartition(".")[0])
 
@@ -143,22 +150,22 @@ def test_trainable_count_on_bert_base_shapes():
 def test_gradients_reach_the_pst_parameters_only(tiny_bert):
     sparsifier, prunable = attach_pst(tiny_bert, sparsity=0.5, start=0.0, end=0.0)
     sparsifier.begin(10)
-    layers = sparsifier._layers
     optimizer = torch.optim.AdamW(sparsifier.trainable_parameters(), lr=1e-2)
     tiny_bert.train()
 
     tiny_bert(**toy_batch(0)).loss.backward()
-    for layer in layers.values():
-        for p in (layer.V, layer.B, layer.R, layer.C):
-            assert p.grad is not None and p.grad.abs().sum() > 0
+    for name in prunable:
+        grads = grads_of(sparsifier, name)
+        for letter in "VBRC":
+            assert grads[letter].abs().sum() > 0, (name, letter)
         # V = B = 0 at the start, so U and A get exactly zero gradients (as in LoRA) ...
-        assert layer.U.grad.abs().sum() == 0 and layer.A.grad.abs().sum() == 0
+        assert grads["U"].abs().sum() == 0 and grads["A"].abs().sum() == 0
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     tiny_bert(**toy_batch(1)).loss.backward()
-    for layer in layers.values():  # ... and non-zero ones once V and B have moved
-        for p in (layer.U, layer.V, layer.A, layer.B, layer.R, layer.C):
-            assert p.grad is not None and p.grad.abs().sum() > 0
+    for name in prunable:  # ... and non-zero ones once V and B have moved
+        for letter, grad in grads_of(sparsifier, name).items():
+            assert grad.abs().sum() > 0, (name, letter)
 
     for weight in prunable.values():
         assert not weight.requires_grad and weight.grad is None
@@ -179,24 +186,25 @@ def one_linear_pst(in_features: int, out_features: int, rank_w: int, rank_m: int
     sparsifier = ParameterEfficientSparseTraining(rank_w=rank_w, rank_m=rank_m, start=0.0, end=0.0)
     sparsifier.attach(model, {"0.weight": model[0].weight}, layerwise(sparsity))
     sparsifier.begin(1)
-    return model, sparsifier, sparsifier._layers["0.weight"]
+    return model, sparsifier, sparsifier.layer_parameters("0.weight")
 
 
 def test_straight_through_gradients_by_hand():
     # one Linear, loss = sum of outputs: dL/dW_masked[i, j] = sum_b x[b, j] whatever the mask
     model, sparsifier, layer = one_linear_pst(4, 3, rank_w=2, rank_m=2, sparsity=0.5)
     with torch.no_grad():
-        layer.V.normal_()
+        layer["V"].normal_()
     x = torch.randn(5, 4)
     model(x).sum().backward()
     g = x.sum(0).expand(3, 4)  # (out, in)
-    effective = (model[0].parametrizations.weight.original + layer.U @ layer.V).detach()
+    effective = (model[0].parametrizations.weight.original + layer["U"] @ layer["V"]).detach()
     mask = sparsifier.masks["0.weight"]
+    grads = grads_of(sparsifier, "0.weight")
     assert int(mask.sum()) == 6
-    assert torch.allclose(layer.R.grad, (g * effective).sum(1))  # dS = g * W' (straight through M)
-    assert torch.allclose(layer.C.grad, (g * effective).sum(0))
+    assert torch.allclose(grads["R"], (g * effective).sum(1))  # dS = g * W' (straight through M)
+    assert torch.allclose(grads["C"], (g * effective).sum(0))
     d_effective = g * mask + g * effective * effective.sign()  # through W' * M and through |W'| in S
-    assert torch.allclose(layer.V.grad, layer.U.detach().T @ d_effective, atol=1e-6)
+    assert torch.allclose(grads["V"], layer["U"].detach().T @ d_effective, atol=1e-6)
 
 
 def test_train_then_finalize_exports_a_plain_sparse_model(tiny_bert):
@@ -209,8 +217,9 @@ def test_train_then_finalize_exports_a_plain_sparse_model(tiny_bert):
 
     expected = {}
     with torch.no_grad():
-        for name, layer in sparsifier._layers.items():
-            expected[name] = (prunable[name] + layer.U @ layer.V) * sparsifier.masks[name]
+        for name in prunable:
+            layer = sparsifier.layer_parameters(name)
+            expected[name] = (prunable[name] + layer["U"] @ layer["V"]) * sparsifier.masks[name]
         tiny_bert.eval()
         logits_before = tiny_bert(**toy_batch(99)).logits
     masks = {n: m.clone() for n, m in sparsifier.masks.items()}
@@ -251,10 +260,10 @@ def test_mask_is_cached_between_optimizer_steps(tiny_bert):
     sparsifier, prunable = attach_pst(tiny_bert, sparsity=0.5, start=0.0, end=0.0)
     sparsifier.begin(10)
     name = next(iter(prunable))
-    layer, linear = sparsifier._layers[name], linear_of(tiny_bert, name)
+    layer, linear = sparsifier.layer_parameters(name), linear_of(tiny_bert, name)
     first = sparsifier.masks[name].clone()
     with torch.no_grad():
-        layer.C[:16] = 100.0  # the first 16 inputs now outscore every other column
+        layer["C"][:16] = 100.0  # the first 16 inputs now outscore every other column
     tiny_bert.train()
     tiny_bert(**toy_batch(0)).loss.backward()  # forward passes reuse the cached mask
     with torch.no_grad():
@@ -271,13 +280,13 @@ def test_gradients_match_autograd_through_the_explicit_importance():
     # the reference builds S and the straight-through mask W' * (M + S - S.detach()) explicitly
     model, sparsifier, layer = one_linear_pst(6, 5, rank_w=2, rank_m=3, sparsity=0.4)
     with torch.no_grad():
-        for p in (layer.V, layer.B, layer.R, layer.C):
-            p.normal_()
+        for letter in "VBRC":
+            layer[letter].normal_()
     x = torch.randn(7, 6)
     (model(x) ** 2).sum().backward()
-    got = {n: getattr(layer, n).grad.clone() for n in "UVABRC"}
+    got = grads_of(sparsifier, "0.weight")
 
-    params = {n: getattr(layer, n).detach().clone().requires_grad_() for n in "UVABRC"}
+    params = {n: layer[n].detach().clone().requires_grad_() for n in "UVABRC"}
     effective = model[0].parametrizations.weight.original + params["U"] @ params["V"]
     scores = effective.abs() + params["A"] @ params["B"] + params["R"][:, None] + params["C"][None, :]
     mask = sparsifier.masks["0.weight"].float()

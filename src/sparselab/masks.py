@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from sparselab.fused import fused
 from sparselab.registry import Registry
 
 Masks = dict[str, torch.Tensor]
@@ -30,139 +31,160 @@ def keep_count(numel: int, sparsity: float) -> int:
     return int(math.floor((1.0 - sparsity) * numel + 0.5))
 
 
-# Below this size the plain selection is as fast as the searched one.
+# Rows up to this long are selected by kthvalue directly (as fast as a search).
 _SMALL = 1 << 16
-# Evenly spaced entries used to guess a narrow value range that holds the k-th largest score.
-_SAMPLE = 1 << 14
-# Threshold guesses tried before selecting exactly among the bracketed entries (which costs
-# about four passes over the scores, as much as four guesses).
-_GUESSES = 8
+# Evenly spaced entries per row used to guess a narrow value range that holds its k-th largest.
+_SAMPLE = 1 << 12
+# Counting passes tried before the rows still unresolved are selected exactly, one by one.
+_GUESSES = 12
 
 
-def _above(scores: torch.Tensor, value: torch.Tensor, out: torch.Tensor) -> int:
-    """How many entries exceed `value`; `out` (float32, like scores) receives the 0/1 mask.
+@fused
+def _count_above(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(n,) int64: how many entries of each row of `scores` (n x N) exceed its threshold (n,)."""
+    return (scores > thresholds[:, None]).sum(1)
 
-    Comparing into floats and summing is several times faster on a CPU than a bool tensor and
-    count_nonzero; a float32 sum of 0/1 is exact below 2^24 entries, float64 above.
+
+def _threshold_search(parts: list[torch.Tensor], k: int) -> tuple[torch.Tensor, ...]:
+    """(split, low, high, count_high), each (n,): split[i] is a threshold with exactly k entries
+    of row i above it, NaN for rows without one; row i's k-th largest lies in (low, high], with
+    count_high entries above high.
+
+    parts: (n, N_j) float32 tensors on a CPU; row i is the concatenation of their rows i (never
+    formed). Two order statistics of an evenly spaced sample bracket each row's k-th largest in
+    (low, high]; then t is searched inside the bracket by interpolation on the counts (every third
+    guess bisects, so skewed data cannot stall it). Each guess is one fused compare-and-count
+    pass over every part. No t exists when the k-th and (k+1)-th largest are equal (a tie no
+    threshold splits, such as many zero scores); those rows stay NaN, as do rows still open after
+    _GUESSES passes (their bracket holds few entries by then).
     """
-    torch.gt(scores, value, out=out)
-    return int(out.sum(dtype=torch.float32 if scores.numel() < 1 << 24 else torch.float64))
+    numel = sum(part.shape[1] for part in parts)
+    stride = max(numel // _SAMPLE, 1)
+    sample = torch.cat([part[:, ::stride] for part in parts], 1)  # (n, ~_SAMPLE)
+    size = sample.shape[1]
+    position = (numel - k) / numel * size  # where the answer sits in the ascending sample
+    margin = 4.0 * size**0.5  # ~8 standard deviations of that position
 
+    def count(thresholds: torch.Tensor) -> torch.Tensor:
+        return sum(_count_above(part, thresholds) for part in parts)
 
-def _threshold_search(scores: torch.Tensor, k: int) -> tuple[torch.Tensor | None, tuple | None]:
-    """(the 0/1 float mask {scores > t} for a t with exactly k entries above it, or None;
-    (low, high, count above high) with the k-th largest in (low, high], or None).
-
-    Two order statistics of an evenly spaced sample bracket the k-th largest score in (low, high];
-    then t is searched inside the bracket by interpolation on the counts (every third guess
-    bisects, so skewed data cannot stall it), each guess one vectorised compare-and-sum. No t
-    exists when the k-th and (k+1)-th largest are equal (a tie no threshold splits, such as many
-    zero scores): the bracket, narrowed by the search, then tells the caller where to select
-    exactly. Both are None if the sample missed.
-    """
-    n = scores.numel()
-    sample = scores[:: n // _SAMPLE]  # (~_SAMPLE,)
-    position = (n - k) / n * sample.numel()  # where the answer sits in the sorted sample
-    margin = 4.0 * sample.numel() ** 0.5  # ~8 standard deviations of that position
-    low = torch.kthvalue(sample, max(int(position - margin), 1)).values
-    high = torch.kthvalue(sample, min(int(position + margin) + 1, sample.numel())).values
-    # two reused buffers (a fresh tensor of tens of MB per guess is new memory from the OS each time)
-    mask, scratch = torch.empty_like(scores, dtype=torch.float32), torch.empty_like(scores, dtype=torch.float32)
-    count_low = _above(scores, low, mask)
-    if count_low < k:  # low sits on a block of ties: step down to the next smaller sampled value
-        smaller = sample[sample < low]
-        if smaller.numel():
-            low = smaller.max()
-            count_low = _above(scores, low, mask)
-    count_high = _above(scores, high, scratch)
-    if count_high >= k:  # likewise above
-        larger = sample[sample > high]
-        if larger.numel():
-            high = larger.min()
-            count_high = _above(scores, high, scratch)
-    if not count_high < k <= count_low:
-        return None, None
+    low = torch.kthvalue(sample, max(int(position - margin), 1), dim=1).values
+    high = torch.kthvalue(sample, min(int(position + margin) + 1, size), dim=1).values
+    count_low, count_high = count(low), count(high)
+    if bool((count_low < k).any() | (count_high >= k).any()):  # the sample missed: widen to the row's range
+        missed_low, missed_high = count_low < k, count_high >= k
+        smallest = torch.stack([part.amin(1) for part in parts]).amin(0)
+        low = torch.where(missed_low, torch.nextafter(smallest, torch.tensor(-math.inf)), low)
+        high = torch.where(missed_high, torch.stack([part.amax(1) for part in parts]).amax(0), high)
+        count_low = torch.where(missed_low, numel, count_low)
+        count_high = torch.where(missed_high, 0, count_high)
     for guess in range(_GUESSES):
-        if count_low == k:
-            return mask, None
+        open_rows = count_low != k
+        if not bool(open_rows.any()):
+            break
         fraction = 0.5 if guess % 3 == 2 else (count_low - k) / (count_low - count_high)
         value = low + (high - low) * fraction
-        if not low < value < high:  # interpolation hit an end: bisect instead
-            value = (low + high) / 2
-            if not low < value < high:  # adjacent floats: nothing lies strictly between
-                break
-        count = _above(scores, value, scratch)
-        if count in (count_low, count_high):  # no entry between: a block of ties holds the k-th largest
-            break
-        if count >= k:
-            low, count_low = value, count
-            mask, scratch = scratch, mask
-        else:
-            high, count_high = value, count
-    return None, (low, high, count_high)
+        value = torch.where((low < value) & (value < high), value, (low + high) / 2)
+        open_rows &= (low < value) & (value < high)  # adjacent floats: nothing lies strictly between
+        counted = count(value)
+        up, down = open_rows & (counted >= k), open_rows & (counted < k)
+        low, count_low = torch.where(up, value, low), torch.where(up, counted, count_low)
+        high, count_high = torch.where(down, value, high), torch.where(down, counted, count_high)
+    return torch.where(count_low == k, low, math.nan), low, high, count_high
+
+
+def kth_largest_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(n,) the k-th largest entry of each row of `scores` (n x N, 1 <= k <= N), exactly.
+
+    kthvalue on a CPU; on a GPU the smallest of a radix top-k (CUDA's kthvalue takes 65 ms over
+    10M scores on an H100, top-k 0.3 ms); the side with fewer entries is selected.
+    """
+    numel = scores.shape[1]
+    if scores.device.type == "cpu":
+        return torch.kthvalue(scores, numel - k + 1, dim=1).values
+    if 2 * k <= numel:
+        return torch.topk(scores, k, dim=1, sorted=False).values.amin(1)
+    return torch.topk(scores, numel - k + 1, dim=1, largest=False, sorted=False).values.amax(1)
 
 
 def kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest entry of a 1-D tensor (1 <= k <= numel), exactly.
+    """The k-th largest entry of a 1-D tensor (1 <= k <= numel), exactly."""
+    return kth_largest_rows(scores[None], k)[0]
 
-    kthvalue on a CPU; on a GPU the smallest of a radix top-k (CUDA's kthvalue takes 65 ms over
-    10M scores on an H100, top-k 0.3 ms).
+
+def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bool) -> list[torch.Tensor]:
+    """Masks of the k highest entries of every row, a row being the concatenation of the parts'
+    rows (parts: (n, N_j) each, never concatenated on a CPU); ties go to the lower index (the
+    earlier part first).
+
+    `dtype`: bool, or a float dtype for a 0/1 multiplier (what a training step multiplies with).
+    A plain kthvalue over 10M scores takes ~0.2 s on one CPU thread, as long as a fine-tuning step
+    of MiniLM, and during-training methods select every step; so long rows on a CPU are first
+    searched for a threshold that splits them (_threshold_search, a few fused counting passes).
+    Otherwise the k-th largest value is the threshold: everything above it is kept and the
+    remaining places go to the first entries equal to it.
     """
-    if scores.device.type == "cpu":
-        return torch.kthvalue(scores, scores.numel() - k + 1).values
-    return torch.topk(scores, k, sorted=False).values.min()
+    rows, numel, device = parts[0].shape[0], sum(part.shape[1] for part in parts), parts[0].device
+    if device.type == "cpu" and any(torch.isnan(part.sum()) and torch.isnan(part).any() for part in parts):
+        raise ValueError("scores contain NaN; a scorer must return finite values")  # (a GPU does not wait to check)
+    if k <= 0 or k >= numel:
+        fill = torch.zeros if k <= 0 else torch.ones
+        return [fill(part.shape, dtype=dtype, device=device) for part in parts]
+    if device.type != "cpu":  # no host sync: the first (k - #above) tied entries by a running count
+        scores = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        threshold = kth_largest_rows(scores, k)[:, None]
+        above, ties = scores > threshold, scores == threshold
+        places = k - above.sum(1, keepdim=True)
+        # one scan over all rows (a scan per row of millions of entries is ~100x slower on CUDA),
+        # less the ties of the rows before
+        running = torch.cumsum(ties.view(-1), 0, dtype=torch.int32 if ties.numel() < 2**31 else torch.int64)
+        running = running.view_as(ties)
+        rank = running - (running[:, :1] - ties[:, :1].to(running.dtype))  # 1, 2, ... along each row's ties
+        return list((above | (ties & (rank <= places))).to(dtype).split([part.shape[1] for part in parts], 1))
+    if numel > _SMALL and all(part.dtype == torch.float32 for part in parts):
+        split, low, high, count_high = _threshold_search(parts, k)
+        # keeping >= the next float above t keeps exactly the entries > t
+        threshold = torch.nextafter(split, torch.tensor(math.inf))
+        tied_rows = torch.isnan(split).nonzero().flatten().tolist()  # a split row has no ties to settle
+        for row in tied_rows:  # the k-th largest is the (k - #above)-th largest of the few in the bracket
+            between = torch.cat([part[row][(part[row] > low[row]) & (part[row] <= high[row])] for part in parts])
+            threshold[row] = torch.kthvalue(between, between.numel() - (k - int(count_high[row])) + 1).values
+    else:
+        threshold = kth_largest_rows(torch.cat(parts, 1) if len(parts) > 1 else parts[0], k)
+        tied_rows = range(rows)
+    keeps = [torch.ge(part, threshold[:, None], out=torch.empty(part.shape, dtype=dtype)) for part in parts]
+    for row in tied_rows:
+        extra = sum(int(keep[row].sum()) for keep in keeps) - k  # ties at the threshold beyond the k places
+        for part, keep in zip(reversed(parts), reversed(keeps)):  # the last tied entries lose
+            if extra <= 0:
+                break
+            ties = torch.nonzero(part[row] == threshold[row]).flatten()
+            dropped = ties[max(ties.numel() - extra, 0) :]
+            keep[row, dropped] = False
+            extra -= dropped.numel()
+    return keeps
+
+
+def top_k_rows(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """Mask of the k highest entries of every row of `scores` (n x N); ties go to the lower index."""
+    return top_k_parts([scores], k, dtype)[0]
 
 
 def top_k_flat(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """Mask of the k highest entries of a 1-D tensor; ties go to the lower index.
-
-    scores: (N,) float. `dtype`: bool, or a float dtype for a 0/1 multiplier (what a training step
-    multiplies with). A plain kthvalue over 10M scores takes ~0.2 s on one CPU thread, as long as
-    a fine-tuning step of MiniLM, and during-training methods select every step; so large inputs
-    on a CPU first try a threshold search (_threshold_search, 2-3x faster). Otherwise the k-th largest value
-    is the threshold: everything above it is kept and the remaining places go to the first entries
-    equal to it.
-    """
-    n = scores.numel()
-    if scores.device.type == "cpu" and torch.isnan(scores.sum()) and torch.isnan(scores).any():
-        raise ValueError("scores contain NaN; a scorer must return finite values")  # (a GPU does not wait to check)
-    if k <= 0:
-        return torch.zeros(n, dtype=dtype, device=scores.device)
-    if k >= n:
-        return torch.ones(n, dtype=dtype, device=scores.device)
-    bracket = None
-    if n > _SMALL and scores.dtype == torch.float32 and scores.device.type == "cpu":  # a GPU selects fast
-        mask, bracket = _threshold_search(scores, k)
-        if mask is not None:
-            return mask.to(dtype)
-    if bracket is not None:  # the k-th largest is the (k - #above)-th largest of the few in the bracket
-        low, high, above = bracket
-        between = scores[(scores > low) & (scores <= high)]
-        threshold = torch.kthvalue(between, between.numel() - (k - above) + 1).values
-    else:
-        threshold = kth_largest(scores, k)
-    if scores.device.type != "cpu":  # no host sync: the first (k - #above) tied entries by a running count
-        above, ties = scores > threshold, scores == threshold
-        places = k - torch.count_nonzero(above)
-        return (above | (ties & (torch.cumsum(ties, 0) <= places))).to(dtype)
-    keep = torch.ge(scores, threshold, out=torch.empty(n, dtype=dtype, device=scores.device))
-    extra = int(keep.sum()) - k  # ties at the threshold beyond the k places
-    if extra:
-        ties = torch.nonzero(scores == threshold).flatten()
-        keep[ties[ties.numel() - extra :]] = False  # the last tied entries lose
-    return keep
+    """Mask of the k highest entries of a 1-D tensor; ties go to the lower index."""
+    return top_k_rows(scores[None], k, dtype)[0]
 
 
 @ALLOCATIONS.register("global")
 def allocate_global(scores: dict[str, torch.Tensor], sparsity: float) -> Masks:
-    """One threshold over the whole prunable set: matrices end up with different sparsities."""
-    flat = torch.cat([s.flatten().float() for s in scores.values()])  # (N_total,)
-    keep = top_k_flat(flat, keep_count(flat.numel(), sparsity))
-    masks, offset = {}, 0
-    for name, s in scores.items():
-        masks[name] = keep[offset : offset + s.numel()].reshape(s.shape)
-        offset += s.numel()
-    return masks
+    """One threshold over the whole prunable set: matrices end up with different sparsities.
+
+    The scores are never concatenated on a CPU: beside the masks (one byte per weight), the
+    selection needs a few small buffers, not a copy of every score (bench/global_magnitude.py).
+    """
+    parts = [s.reshape(1, -1).float() for s in scores.values()]
+    keeps = top_k_parts(parts, keep_count(sum(p.shape[1] for p in parts), sparsity))
+    return {name: keep.view(s.shape) for (name, s), keep in zip(scores.items(), keeps)}
 
 
 @ALLOCATIONS.register("layerwise")

@@ -8,7 +8,7 @@ gets two low-rank parts: the weight update and the importance update,
                                                   R: out (0), C: in (0)
 
 The layer computes with W' * M, where M keeps the highest round((1 - s) * numel) scores of S in that
-matrix (layerwise allocation; ties go to the earlier position, masks.top_k_flat). The mask is a
+matrix (layerwise allocation; ties go to the earlier position, masks.top_k_rows). The mask is a
 straight-through estimator: the forward value is W' * M, the gradient with respect to M goes to S
 unchanged, so A, B, R, C (and U, V through |W'|) learn which weights to keep. At the start the
 learned parts are zero, so S = |W| and the first mask is the per-layer magnitude mask.
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparselab.masks import keep_count, top_k_flat
+from sparselab.fused import fused
+from sparselab.masks import keep_count, top_k_rows
 from sparselab.schedules import cubic_sparsity
 from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier, Target
 
@@ -37,105 +38,151 @@ def _float32(device: torch.device):
     return torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
 
 
-class _PSTMaskedWeight(torch.autograd.Function):
-    """(W + U V) * M in the forward pass, with straight-through gradients for the importance S.
+@fused
+def _effective_and_scores(weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, A_ext: torch.Tensor,
+                          B_ext: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W', S) of n stacked matrices, (n, out, in) each: W' = W + U V and S = |W'| + A_ext B_ext.
 
-    The mask M is a constant of the step; its straight-through gradient goes to S unchanged, so with
-    G = dL/d(W' * M) (out x in):
-        dS  = G * W'                         -> dA = dS B^T, dB = A^T dS, dR = dS 1, dC = dS^T 1
+    A_ext B_ext = [A | R | 1] [B ; 1^T ; C^T] = A B + R 1^T + 1 C^T, a rank r_m + 2 product.
+    """
+    effective = torch.baddbmm(weight, U, V)
+    return effective, torch.baddbmm(effective.abs(), A_ext, B_ext)
+
+
+@fused
+def _straight_through_grads(grad: torch.Tensor, effective: torch.Tensor, mask: torch.Tensor, U: torch.Tensor,
+                            V: torch.Tensor, A_ext: torch.Tensor, B_ext: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(dU, dV, dA_ext, dB_ext) from G = dL/d(W' * M), (n, out, in), with straight-through M:
+
+        dS = G * W'                      -> dA_ext = dS B_ext^T, dB_ext = A_ext^T dS
         dW' = G * M + sign(W') * dS = G * (M + |W'|)   -> dU = dW' V^T, dV = U^T dW'
-    S itself is never formed here: only its gradient is needed. W is frozen. W' and M + |W'| come
-    from the layer's cache when the last mask update computed them for the current U, V.
+
+    dA_ext's column r_m is dR = dS 1 and dB_ext's row r_m + 1 is dC = 1^T dS.
+    """
+    d_scores = grad * effective
+    d_effective = grad * (mask + effective.abs())
+    # (V G^T)^T rather than G V^T: the same product, twice as fast with a thin V on a CPU
+    return (V @ d_effective.mT).mT, U.mT @ d_effective, (B_ext @ d_scores.mT).mT, A_ext.mT @ d_scores
+
+
+def extend(A: torch.Tensor, B: torch.Tensor, R: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A_ext, B_ext) = ([A | R | 1], [B ; 1^T ; C^T]): (n, out, r_m + 2) and (n, r_m + 2, in)."""
+    return (torch.cat([A, R[..., None], torch.ones_like(R)[..., None]], -1),
+            torch.cat([B, torch.ones_like(C)[..., None, :], C[..., None, :]], -2))
+
+
+class _MaskedWeights(torch.autograd.Function):
+    """(W + U V) * M of a group's n matrices, (n, out, in), with straight-through gradients for S.
+
+    The mask M is a constant of the step; its straight-through gradient goes to S unchanged
+    (`_straight_through_grads`). S itself is never formed here: only its gradient is needed.
+    W is frozen. W' and W' * M come from the group's cache when its last mask update computed
+    them for the current U, V.
     """
 
     @staticmethod
-    def forward(ctx, weight, U, V, A, B, R, C, layer):
-        effective, slope = layer.cached(weight)
+    def forward(ctx, weight, U, V, A, B, R, C, group):
+        effective, masked = group.cached()
         if effective is None:
             with _float32(weight.device):
-                effective = torch.addmm(weight, U, V)  # W' (out x in)
-        ctx.save_for_backward(effective, U, V, A, B, layer.mask)
-        ctx.slope = slope
-        return effective * layer.mask
+                effective = torch.baddbmm(weight, U, V)  # W' (n, out, in)
+            masked = effective * group.mask
+        ctx.save_for_backward(effective, U, V, A, B, R, C, group.mask)
+        return masked.detach()  # a new tensor object: autograd records its history on it, not on the cache
 
     @staticmethod
     def backward(ctx, grad):
-        effective, U, V, A, B, mask = ctx.saved_tensors
-        d_scores = grad * effective
-        slope = ctx.slope if ctx.slope is not None else effective.abs().add_(mask)
-        d_effective = slope * grad
-        # (V G^T)^T rather than G V^T: the same product, twice as fast with a thin V on a CPU
-        return (None, (V @ d_effective.T).T, U.T @ d_effective, (B @ d_scores.T).T, A.T @ d_scores,
-                d_scores.sum(1), d_scores.sum(0), None)
+        effective, U, V, A, B, R, C, mask = ctx.saved_tensors
+        rank = A.shape[-1]
+        with _float32(grad.device):
+            dU, dV, dA_ext, dB_ext = _straight_through_grads(grad, effective, mask, U, V, *extend(A, B, R, C))
+        return None, dU, dV, dA_ext[..., :rank], dB_ext[:, :rank], dA_ext[..., rank], dB_ext[:, rank + 1], None
 
 
-class PSTWeight(nn.Module):
-    """The parametrization of one Linear's weight: W -> (W + U V) * M, with M cached in `mask`.
+class PSTGroup:
+    """The PST state of n prunable matrices of one shape (out x in), stacked, so that a step runs
+    one batched kernel for all of them instead of one per matrix (a GPU step is otherwise bound
+    by kernel launches: ~1,800 per step for MiniLM).
 
-    `mask` is a non-persistent buffer of 0/1 in the weight's dtype (it follows the model across
-    devices, stays out of the state dict); `refresh` replaces it once per optimizer step and keeps
-    W' and M + |W'| for the forward and backward passes that follow (two extra weight-sized
-    tensors per layer), as long as U, V and W stay what they were.
+    weight (n, out, in): the frozen W; the Linear weights become views of it.
+    U (n, out, r_w), V (n, r_w, in), A (n, out, r_m), B (n, r_m, in), R (n, out), C (n, in): trained.
+    mask (n, out, in): 0/1 in the weights' dtype. `refresh` replaces it once per optimizer step and
+    keeps W' and W' * M for the forward and backward passes that follow (two extra weight-sized
+    tensors), as long as U, V and W stay what they were.
     """
 
-    def __init__(self, weight: torch.Tensor, rank_w: int, rank_m: int, generator: torch.Generator) -> None:
-        super().__init__()
-        out_features, in_features = weight.shape
-
-        def normal(*shape: int) -> nn.Parameter:
-            # drawn on the CPU from the shared generator, so the init does not depend on the device
-            values = torch.randn(shape, generator=generator) * INIT_STD
-            return nn.Parameter(values.to(device=weight.device, dtype=weight.dtype))
-
-        def zeros(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.zeros(shape, device=weight.device, dtype=weight.dtype))
-
-        self.U, self.V = normal(out_features, rank_w), zeros(rank_w, in_features)
-        self.A, self.B = normal(out_features, rank_m), zeros(rank_m, in_features)
-        self.R, self.C = zeros(out_features), zeros(in_features)
-        self.register_buffer("mask", torch.ones_like(weight), persistent=False)
+    def __init__(self, weights: list[nn.Parameter], U: list[torch.Tensor], A: list[torch.Tensor], rank_w: int,
+                 rank_m: int) -> None:
+        self.weight = torch.stack([w.detach() for w in weights])
+        for index, param in enumerate(weights):
+            param.data = self.weight[index]  # no second copy of the model's weights
+        n, out_features, in_features = self.weight.shape
+        like = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.U, self.V = nn.Parameter(torch.stack(U).to(**like)), nn.Parameter(torch.zeros(n, rank_w, in_features, **like))
+        self.A, self.B = nn.Parameter(torch.stack(A).to(**like)), nn.Parameter(torch.zeros(n, rank_m, in_features, **like))
+        self.R, self.C = nn.Parameter(torch.zeros(n, out_features, **like)), nn.Parameter(torch.zeros(n, in_features, **like))
+        self.mask = torch.ones_like(self.weight)
         self._cache: tuple | None = None
+        self._outputs: tuple[torch.Tensor, ...] | None = None
+        self._served: set[int] = set()
+        self._grad_mode = True
 
-    def effective(self, weight: torch.Tensor) -> torch.Tensor:
-        """W' = W + U V (one fused addmm)."""
-        return torch.addmm(weight, self.U, self.V)
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.U, self.V, self.A, self.B, self.R, self.C]
+
+    def effective(self) -> torch.Tensor:
+        """W' = W + U V, (n, out, in)."""
+        return torch.baddbmm(self.weight, self.U, self.V)
 
     @torch.no_grad()
-    def refresh(self, weight: torch.Tensor, keep: int) -> None:
-        """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of the layer.
+    def refresh(self, keep: int) -> None:
+        """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of every matrix."""
+        with _float32(self.weight.device):
+            effective, scores = _effective_and_scores(self.weight, self.U, self.V,
+                                                      *extend(self.A, self.B, self.R, self.C))
+        n = scores.shape[0]
+        self.mask = top_k_rows(scores.view(n, -1), keep, self.mask.dtype).view_as(scores)
+        self._cache = (self._versions(), effective, effective * self.mask)
+        self._outputs = None
 
-        S is one addmm: A B + R 1^T + 1 C^T = [A | R | 1] [B ; 1^T ; C^T], a rank r_m + 2 product.
-        """
-        with _float32(weight.device):
-            effective = self.effective(weight)
-            magnitude = effective.abs()
-            ones_out = torch.ones_like(self.R)[:, None]
-            ones_in = torch.ones_like(self.C)[None, :]
-            scores = torch.addmm(magnitude, torch.cat([self.A, self.R[:, None], ones_out], 1),
-                                 torch.cat([self.B, ones_in, self.C[None, :]], 0))
-        if keep >= scores.numel():
-            self.mask = torch.ones_like(self.mask)
-        else:
-            self.mask = top_k_flat(scores.flatten(), keep, self.mask.dtype).view_as(scores)
-        self._cache = (self._versions(weight), effective, magnitude.add_(self.mask))
+    def _versions(self) -> tuple[int, int, int]:
+        return self.weight._version, self.U._version, self.V._version
 
-    def _versions(self, weight: torch.Tensor) -> tuple[int, int, int]:
-        return weight._version, self.U._version, self.V._version
-
-    def cached(self, weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(W', M + |W'|) from the last refresh if W, U and V have not been modified in place since,
+    def cached(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(W', W' * M) from the last refresh if W, U and V have not been modified in place since,
         else (None, None).
 
         In-place edits bump a tensor's version, except a fused optimizer's step; the training loop
         calls the sparsifier's after_step (and so refresh) after every optimizer step, which keeps
         the cache current (the sparsifier protocol, sparsifiers/base.py).
         """
-        if self._cache is None or self._cache[0] != self._versions(weight):
+        if self._cache is None or self._cache[0] != self._versions():
             return None, None
         return self._cache[1], self._cache[2]
 
+    def masked_weight(self, index: int) -> torch.Tensor:
+        """(W' * M)[index], out x in, for one Linear's forward pass.
+
+        All n matrices are computed at once when the first of them is asked for, and served from
+        that batch until one is asked for again (the next forward pass) or grad mode changes.
+        """
+        grad_mode = torch.is_grad_enabled()
+        if self._outputs is None or index in self._served or self._grad_mode != grad_mode:
+            self._outputs = _MaskedWeights.apply(self.weight, *self.parameters(), self).unbind(0)
+            self._served, self._grad_mode = set(), grad_mode
+        self._served.add(index)
+        return self._outputs[index]
+
+
+class PSTWeight(nn.Module):
+    """The parametrization of one Linear's weight: W -> (W + U V) * M, served by its group."""
+
+    def __init__(self, group: PSTGroup, index: int) -> None:
+        super().__init__()
+        self.group, self.index = group, index
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return _PSTMaskedWeight.apply(weight, self.U, self.V, self.A, self.B, self.R, self.C, self)
+        return self.group.masked_weight(self.index)
 
 
 @SPARSIFIERS.register("pst")
@@ -179,15 +226,16 @@ class ParameterEfficientSparseTraining(Sparsifier):
                 raise ValueError(f"pst: {rank} must be a positive integer, not {h[rank]!r}")
         if not 0.0 <= h["start"] <= h["end"] <= 1.0:
             raise ValueError(f"pst: need 0 <= start <= end <= 1 (fractions of training), got {h['start']}, {h['end']}")
-        self._layers: dict[str, PSTWeight] = {}
+        self._groups: list[PSTGroup] = []
+        self.slots: dict[str, tuple[PSTGroup, int]] = {}
         self._masks: dict[str, torch.Tensor] = {}
 
-    # The current masks: while attached they are the buffers the layers compute with (so they are
-    # always current and on the model's device); after finalize, the final masks.
+    # The current masks: while attached they are views of the masks the groups compute with (so
+    # they are always current and on the model's device); after finalize, the final masks.
     @property
     def masks(self) -> dict[str, torch.Tensor]:
-        if self._layers:
-            return {name: layer.mask.bool() for name, layer in self._layers.items()}
+        if self.slots:
+            return {name: group.mask[index].bool() for name, (group, index) in self.slots.items()}
         return self._masks
 
     @masks.setter
@@ -208,11 +256,8 @@ class ParameterEfficientSparseTraining(Sparsifier):
         for param in self.head:
             param.requires_grad_(True)
 
-        generator = torch.Generator()
-        generator.set_state(torch.get_rng_state())  # seeded by torch's RNG, which it leaves untouched
         modules = dict(model.named_modules())
         self._linears: dict[str, nn.Linear] = {}
-        layers = {}
         for name, weight in prunable.items():
             module_name, _, attribute = name.rpartition(".")
             module = modules.get(module_name)
@@ -220,17 +265,38 @@ class ParameterEfficientSparseTraining(Sparsifier):
                 raise ValueError(f"pst adapts the weights of nn.Linear modules; {name!r} is not one")
             if parametrize.is_parametrized(module, "weight"):
                 raise ValueError(f"{name!r} is parametrized already (is a sparsifier attached twice?)")
-            layer = PSTWeight(weight, self.hyper["rank_w"], self.hyper["rank_m"], generator)
-            parametrize.register_parametrization(module, "weight", layer)
             self._linears[name] = module
-            layers[name] = layer
-        self._layers = layers
+
+        # U and A of every matrix in prunable order, drawn on the CPU from a generator seeded by
+        # torch's RNG (which it leaves untouched), so the init depends on neither device nor grouping
+        generator = torch.Generator()
+        generator.set_state(torch.get_rng_state())
+        rank_w, rank_m = self.hyper["rank_w"], self.hyper["rank_m"]
+        init = {}
+        for name, weight in prunable.items():
+            U = torch.randn(weight.shape[0], rank_w, generator=generator) * INIT_STD
+            init[name] = (U, torch.randn(weight.shape[0], rank_m, generator=generator) * INIT_STD)
+        members: dict[tuple, list[str]] = {}  # matrices of one shape, dtype and device form a group
+        for name, weight in prunable.items():
+            members.setdefault((tuple(weight.shape), weight.dtype, weight.device), []).append(name)
+        for names in members.values():
+            group = PSTGroup([prunable[n] for n in names], [init[n][0] for n in names], [init[n][1] for n in names],
+                             rank_w, rank_m)
+            self._groups.append(group)
+            for index, name in enumerate(names):
+                self.slots[name] = (group, index)
+                parametrize.register_parametrization(self._linears[name], "weight", PSTWeight(group, index))
         self.sparsity = 0.0  # the masks are all ones until begin
         self._trainable_count = sum(p.numel() for p in self.trainable_parameters())
 
+    def layer_parameters(self, name: str) -> dict[str, torch.Tensor]:
+        """U, V, A, B, R, C of one prunable matrix (views into its group's parameters)."""
+        group, index = self.slots[name]
+        return {letter: getattr(group, letter)[index] for letter in "UVABRC"}
+
     def pst_parameters(self) -> list[nn.Parameter]:
-        """U, V, A, B, R, C of every prunable matrix, in prunable order (empty after finalize)."""
-        return [p for layer in self._layers.values() for p in layer.parameters()]
+        """U, V, A, B, R, C of every group of matrices (empty after finalize)."""
+        return [p for group in self._groups for p in group.parameters()]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.pst_parameters() + list(self.head)
@@ -247,9 +313,9 @@ class ParameterEfficientSparseTraining(Sparsifier):
         return cubic_sparsity(steps_done, self.total_steps, h["start"], h["end"], 0.0, self.target.sparsity)
 
     def update_masks(self, sparsity: float) -> None:
-        """Every layer's mask keeps its round((1 - sparsity) * numel) highest scores."""
-        for name, layer in self._layers.items():
-            layer.refresh(self.prunable[name], keep_count(layer.mask.numel(), sparsity))
+        """Every matrix's mask keeps its round((1 - sparsity) * numel) highest scores."""
+        for group in self._groups:
+            group.refresh(keep_count(group.mask[0].numel(), sparsity))
         self.sparsity = sparsity
 
     def begin(self, total_steps: int) -> None:
@@ -268,16 +334,15 @@ class ParameterEfficientSparseTraining(Sparsifier):
     @torch.no_grad()
     def finalize(self) -> None:
         """Merge W <- (W + U V) * M, drop the parametrizations and PST parameters, unfreeze all."""
-        if not self._layers:
+        if not self.slots:
             return
+        merged = {id(group): group.effective() * group.mask for group in self._groups}
         final = {}
-        for name, layer in self._layers.items():
-            weight = self.prunable[name]
-            merged = layer.effective(weight) * layer.mask
+        for name, (group, index) in self.slots.items():
             parametrize.remove_parametrizations(self._linears[name], "weight", leave_parametrized=False)
-            weight.copy_(merged)
-            final[name] = layer.mask.bool()
-        self._layers, self._linears = {}, {}
+            self.prunable[name].data = merged[id(group)][index].clone()  # its own storage, not a view of the group
+            final[name] = group.mask[index].bool()
+        self._groups, self.slots, self._linears = [], {}, {}
         self._masks = final
         for param in self.model.parameters():
             param.requires_grad_(True)

@@ -69,13 +69,8 @@ class SevenDynamic(Sparsifier):
 
     def begin(self, total_steps: int) -> None:
         super().begin(total_steps)
-        # One state over the concatenated prunable weights, (N,) with N their total size: a dozen
-        # elementwise kernels per step whatever the number of matrices, and a global top-k on
-        # its score without another copy.
+        # one state over all prunable weights, flat (N,): the global top-k needs no copy
         self.state = SevenState(float(self.hyper["a1"]), float(self.hyper["a2"]))
-        # (N,) buffers for the concatenated weights and gradients, reused: see SevenState.update
-        numel = sum(w.numel() for w in self.prunable.values())
-        self._flat = tuple(torch.empty(numel, device=next(iter(self.prunable.values())).device) for _ in range(2))
 
     def _in_window(self, step: int) -> bool:
         start, length = self.window()
@@ -83,11 +78,7 @@ class SevenDynamic(Sparsifier):
 
     def after_backward(self, step: int) -> None:
         if self._in_window(step):
-            weights = list(self.prunable.values())
-            flat_weights, flat_grads = self._flat
-            torch.cat([w.detach().flatten() for w in weights], out=flat_weights)
-            torch.cat([w.grad.flatten() for w in weights], out=flat_grads)
-            self.state.update(flat_weights, flat_grads)
+            self.state.update(list(self.prunable.values()), [w.grad for w in self.prunable.values()])
         super().after_backward(step)
 
     def after_step(self, step: int) -> None:
