@@ -46,9 +46,9 @@ def _count_above(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor
 
 
 def _threshold_search(parts: list[torch.Tensor], k: int) -> tuple[torch.Tensor, ...]:
-    """(split, low, high, count_high), each (n,): split[i] is a threshold with exactly k entries
-    of row i above it, NaN for rows without one; row i's k-th largest lies in (low, high], with
-    count_high entries above high.
+    """(split, low, high, count_low, count_high), each (n,): split[i] is a threshold with exactly
+    k entries of row i above it, NaN for rows without one; row i's k-th largest lies in (low, high],
+    with count_low entries above low and count_high above high.
 
     parts: (n, N_j) float32 tensors on a CPU; row i is the concatenation of their rows i (never
     formed). Two order statistics of an evenly spaced sample bracket each row's k-th largest in
@@ -78,19 +78,20 @@ def _threshold_search(parts: list[torch.Tensor], k: int) -> tuple[torch.Tensor, 
         high = torch.where(missed_high, torch.stack([part.amax(1) for part in parts]).amax(0), high)
         count_low = torch.where(missed_low, numel, count_low)
         count_high = torch.where(missed_high, 0, count_high)
+    stuck = torch.zeros_like(count_low, dtype=torch.bool)  # low, high adjacent floats: a tie at high
     for guess in range(_GUESSES):
-        open_rows = count_low != k
-        if not bool(open_rows.any()):
-            break
         fraction = 0.5 if guess % 3 == 2 else (count_low - k) / (count_low - count_high)
         value = low + (high - low) * fraction
         value = torch.where((low < value) & (value < high), value, (low + high) / 2)
-        open_rows &= (low < value) & (value < high)  # adjacent floats: nothing lies strictly between
+        stuck |= ~((low < value) & (value < high))  # nothing lies strictly between
+        open_rows = (count_low != k) & ~stuck
+        if not bool(open_rows.any()):
+            break
         counted = count(value)
         up, down = open_rows & (counted >= k), open_rows & (counted < k)
         low, count_low = torch.where(up, value, low), torch.where(up, counted, count_low)
         high, count_high = torch.where(down, value, high), torch.where(down, counted, count_high)
-    return torch.where(count_low == k, low, math.nan), low, high, count_high
+    return torch.where(count_low == k, low, math.nan), low, high, count_low, count_high
 
 
 def kth_largest_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -142,19 +143,24 @@ def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bo
         rank = running - (running[:, :1] - ties[:, :1].to(running.dtype))  # 1, 2, ... along each row's ties
         return list((above | (ties & (rank <= places))).to(dtype).split([part.shape[1] for part in parts], 1))
     if numel > _SMALL and all(part.dtype == torch.float32 for part in parts):
-        split, low, high, count_high = _threshold_search(parts, k)
+        split, low, high, count_low, count_high = _threshold_search(parts, k)
         # keeping >= the next float above t keeps exactly the entries > t
         threshold = torch.nextafter(split, torch.tensor(math.inf))
         tied_rows = torch.isnan(split).nonzero().flatten().tolist()  # a split row has no ties to settle
-        for row in tied_rows:  # the k-th largest is the (k - #above)-th largest of the few in the bracket
-            between = torch.cat([part[row][(part[row] > low[row]) & (part[row] <= high[row])] for part in parts])
-            threshold[row] = torch.kthvalue(between, between.numel() - (k - int(count_high[row])) + 1).values
+        kept = {}  # entries >= the threshold of each tied row, where known without a pass
+        for row in tied_rows:
+            if high[row] == torch.nextafter(low[row], torch.tensor(math.inf)):  # adjacent: the k-th largest is high
+                threshold[row], kept[row] = high[row], int(count_low[row])
+            else:  # the (k - #above)-th largest of the few in the bracket
+                between = torch.cat([part[row][(part[row] > low[row]) & (part[row] <= high[row])] for part in parts])
+                threshold[row] = torch.kthvalue(between, between.numel() - (k - int(count_high[row])) + 1).values
     else:
         threshold = kth_largest_rows(torch.cat(parts, 1) if len(parts) > 1 else parts[0], k)
-        tied_rows = range(rows)
+        tied_rows, kept = range(rows), {}
     keeps = [torch.ge(part, threshold[:, None], out=torch.empty(part.shape, dtype=dtype)) for part in parts]
     for row in tied_rows:
-        extra = sum(int(keep[row].sum()) for keep in keeps) - k  # ties at the threshold beyond the k places
+        # ties at the threshold beyond the k places
+        extra = (kept[row] if row in kept else sum(int(keep[row].sum()) for keep in keeps)) - k
         for part, keep in zip(reversed(parts), reversed(keeps)):  # the last tied entries lose
             if extra <= 0:
                 break
