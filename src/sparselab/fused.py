@@ -31,18 +31,19 @@ def fused(function: F) -> F:
     a new value does not trigger a recompilation.
     """
     compiled = torch.compile(function, fullgraph=True, dynamic=True)
-    state = {"compiled": True}
+    use_compiled = True
 
     @functools.wraps(function)
     def run(*args, **kwargs):
-        if state["compiled"]:
+        nonlocal use_compiled
+        if use_compiled:
             try:
                 return compiled(*args, **kwargs)
             except Exception as error:
                 if not _is_compile_failure(error):
                     raise
                 result = function(*args, **kwargs)  # raises the real error if the inputs are at fault
-                state["compiled"] = False
+                use_compiled = False
                 log.warning("%s: cannot compile a fused kernel here (%s); running it op by op",
                             function.__qualname__, str(error).strip().splitlines()[0])
                 return result

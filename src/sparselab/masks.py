@@ -131,8 +131,11 @@ def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bo
     if k <= 0 or k >= numel:
         fill = torch.zeros if k <= 0 else torch.ones
         return [fill(part.shape, dtype=dtype, device=device) for part in parts]
+    def whole() -> torch.Tensor:  # the rows themselves: only on a GPU, or when they are short
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
     if device.type != "cpu":  # no host sync: the first (k - #above) tied entries by a running count
-        scores = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        scores = whole()
         threshold = kth_largest_rows(scores, k)[:, None]
         above, ties = scores > threshold, scores == threshold
         places = k - above.sum(1, keepdim=True)
@@ -155,7 +158,7 @@ def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bo
                 between = torch.cat([part[row][(part[row] > low[row]) & (part[row] <= high[row])] for part in parts])
                 threshold[row] = torch.kthvalue(between, between.numel() - (k - int(count_high[row])) + 1).values
     else:
-        threshold = kth_largest_rows(torch.cat(parts, 1) if len(parts) > 1 else parts[0], k)
+        threshold = kth_largest_rows(whole(), k)
         tied_rows, kept = range(rows), {}
     keeps = [torch.ge(part, threshold[:, None], out=torch.empty(part.shape, dtype=dtype)) for part in parts]
     for row in tied_rows:
