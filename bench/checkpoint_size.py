@@ -1,43 +1,92 @@
 """Benchmark: checkpoint and mask files on disk at several sparsities, against the dense file.
 
-The 72 prunable matrices of bert-base (84.9M random weights), pruned by global magnitude, saved
-as the pipeline saves them: weights with sparselab.io.save_tensors (dense safetensors, pruned
-weights stored as zeros), masks with save_masks (bit-packed, 8 weights per byte).
+Two models with random weights (no download), pruned by global magnitude at each sparsity:
+- the 72 prunable matrices of bert-base (84.9M weights), alone;
+- a whole bert-base classifier (109.5M parameters): the same 72 matrices pruned, embeddings,
+  LayerNorms, biases and the head kept dense, as a fine-tune job saves it.
+Each is saved three ways: the dense safetensors file (pruned weights stored as zeros), the compact
+checkpoint the pipeline writes (sparselab.io.save_compact: kept values + bit-packed mask) and the
+mask alone (save_masks). The compact file is loaded back, timed, and checked bit for bit.
 
-    .venv/bin/python bench/checkpoint_size.py [--sparsities 0 0.5 0.9]
+    .venv/bin/python bench/checkpoint_size.py [--sparsities 0 0.5 0.9] [--record FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from global_magnitude import build_model
+from targets import record
+from transformers import BertConfig, BertForSequenceClassification
 
-from sparselab.io import save_masks, save_tensors
+from sparselab.io import load_compact, load_tensors, save_compact, save_masks, save_tensors
 from sparselab.masks import allocate_global
+
+
+def matrices_only() -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The 72 bert-base-shaped matrices: every tensor is prunable."""
+    weights = {str(i): layer.weight.detach() for i, layer in enumerate(build_model())}
+    return weights, list(weights)
+
+
+def whole_classifier() -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A bert-base classifier's state dict and its 72 prunable encoder matrices."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=2))
+    state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    prunable = [name for name in state if ".encoder." in name and name.endswith(".weight") and state[name].dim() == 2]
+    return state, prunable
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.view(torch.int32) if tensor.dtype == torch.float32 else tensor
+
+
+def measure(label: str, state: dict[str, torch.Tensor], prunable: list[str], sparsities: list[float], folder: Path,
+            record_path: Path | None) -> None:
+    dense = Path(folder, "dense.safetensors")
+    save_tensors(dense, state)
+    dense_mib = dense.stat().st_size / 2**20
+    start = time.perf_counter()
+    load_tensors(dense)
+    dense_load = time.perf_counter() - start
+    print(f"\n{label}: dense safetensors file {dense_mib:.1f} MiB, loads in {dense_load:.2f} s")
+    print(f"{'sparsity':>8} {'zeros-in-place MiB':>19} {'compact MiB':>12} {'vs dense':>9} {'load s':>7} "
+          f"{'bit-identical':>13} {'mask MiB':>9} {'vs dense':>9}")
+    for sparsity in sparsities:
+        masks = allocate_global({name: state[name].abs() for name in prunable}, sparsity)
+        pruned = {name: torch.where(masks[name], tensor, 0.0) if name in masks else tensor for name, tensor in state.items()}
+        in_place, compact, mask_file = (Path(folder, f"{kind}-{sparsity}") for kind in ("zeros", "compact", "masks"))
+        save_tensors(in_place, pruned)
+        save_compact(compact, pruned, masks)
+        save_masks(mask_file, masks)
+        start = time.perf_counter()
+        loaded = load_compact(compact)
+        load_seconds = time.perf_counter() - start
+        identical = loaded.keys() == pruned.keys() and all(torch.equal(bits(loaded[k]), bits(v)) for k, v in pruned.items())
+        sizes = [path.stat().st_size / 2**20 for path in (in_place, compact, mask_file)]
+        print(f"{sparsity:>8} {sizes[0]:19.1f} {sizes[1]:12.1f} {sizes[1] / dense_mib:8.3f}x {load_seconds:7.2f} "
+              f"{str(identical):>13} {sizes[2]:9.1f} {sizes[2] / dense_mib:8.3f}x")
+        if sparsity == 0.9:
+            record(record_path, f"compact checkpoint at 90%, {label}", sizes[1], "MiB", peer=dense_mib,
+                   ratio=sizes[1] / dense_mib, target="compact / dense file <= 0.20, bit-identical",
+                   met=sizes[1] / dense_mib <= 0.20 and identical)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.5, 0.9])
+    parser.add_argument("--record", type=Path, help="append the target rows to this JSON-lines file")
     args = parser.parse_args()
-    weights = {str(i): layer.weight.detach() for i, layer in enumerate(build_model())}
     with tempfile.TemporaryDirectory() as folder:
-        dense = Path(folder, "dense.safetensors")
-        save_tensors(dense, weights)
-        dense_mib = dense.stat().st_size / 2**20
-        print(f"72 matrices, 84.9M weights; dense safetensors file: {dense_mib:.1f} MiB")
-        print(f"{'sparsity':>8} {'weights MiB':>12} {'vs dense':>9} {'masks MiB':>10} {'vs dense':>9}")
-        for sparsity in args.sparsities:
-            masks = allocate_global({name: w.abs() for name, w in weights.items()}, sparsity)
-            checkpoint, mask_file = Path(folder, f"weights-{sparsity}.safetensors"), Path(folder, f"masks-{sparsity}")
-            save_tensors(checkpoint, {name: w * masks[name] for name, w in weights.items()})
-            save_masks(mask_file, masks)
-            size, mask_size = checkpoint.stat().st_size / 2**20, mask_file.stat().st_size / 2**20
-            print(f"{sparsity:>8} {size:12.1f} {size / dense_mib:8.2f}x {mask_size:10.1f} {mask_size / dense_mib:8.3f}x")
+        for label, build in (("72 bert-base matrices (84.9M weights)", matrices_only),
+                             ("whole bert-base classifier (109.5M parameters, 84.9M prunable)", whole_classifier)):
+            state, prunable = build()
+            measure(label, state, prunable, args.sparsities, Path(folder), args.record)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ round by round so that machine noise hits them alike; the median ms per step is 
 score accumulation alone is timed on the dense run's own gradients after each of its steps (a
 seven_dyn step also selects the global top-k every step of its window, which is timed with it).
 
-    .venv/bin/python bench/training_step.py [--model resources/models/minilm] [--steps 20]
+    .venv/bin/python bench/training_step.py [--model resources/models/minilm] [--steps 20] [--record FILE]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from targets import record
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from sparselab.batches import encode, iterate_batches
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", help="a subset of the variants (dense is always timed)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--random-init", action="store_true", help="the model's architecture with random weights")
+    parser.add_argument("--record", type=Path, help="append the target rows to this JSON-lines file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -129,6 +131,14 @@ def main() -> None:
         print(f"{name:<12} {median:9.1f} {median / dense:8.2f}x")
     accumulation = statistics.median(times["seven_scores"])
     print(f"SEVEN score accumulation alone: {accumulation:.1f} ms, +{accumulation / dense:.1%} of a dense step")
+    setting = f"{args.model.name} {args.precision} {where}"
+    record(args.record, f"SEVEN score accumulation vs a dense step ({setting})", accumulation, "ms", peer=dense,
+           ratio=accumulation / dense, target="<= +10% of a dense step", met=accumulation / dense <= 0.10)
+    for name, target, limit in (("fixed_mask", "masked step / dense <= 1.05", 1.05), ("pst", "pst step / dense <= 1.00", 1.0)):
+        if name in times and times[name]:
+            median = statistics.median(times[name])
+            record(args.record, f"{name} step vs a dense step ({setting})", median, "ms", peer=dense,
+                   ratio=median / dense, target=target, met=median / dense <= limit)
 
 
 if __name__ == "__main__":

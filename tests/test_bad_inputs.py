@@ -58,8 +58,8 @@ def entry(section: str, name: str, **changes) -> Callable[[dict, Path], None]:
 def rename(section: str, old: str, new: str) -> Callable[[dict, Path], None]:
     def mutate(params: dict, root: Path) -> None:
         params[section][new] = params[section].pop(old)
-        for each in params["studies"].values():
-            if section in each:  # a study's list of names from this section
+        for each in [*params["studies"].values(), params.get("mask_analysis", {})]:
+            if section in each:  # a study's (or the mask analysis') list of names from this section
                 each[section] = [new if name == old else name for name in each[section]]
     return mutate
 
@@ -162,7 +162,7 @@ CATALOGUE = [
          f"params.yaml: methods.m;rm -rf ~: 'm;rm -rf ~' is not in the expected form (allowed: {NAME_FORM})"),
     Case("study-named-after-a-rule", "config", rename("studies", "compare", "finetune"),
          "params.yaml: studies.finetune: the name is taken by a rule of the workflow (allowed: any name but "
-         "aggregate, all, evaluate_finetuned, evaluate_oneshot, fetch_data, fetch_model, finetune, prune, score, "
+         "aggregate, all, evaluate_finetuned, evaluate_oneshot, fetch_data, fetch_model, finetune, mask_analysis, prune, score, "
          "study_figure, study_table)"),
     Case("nm-m-not-dividing-inputs", "fetched", study(structures=["unstructured", "1:3"], sparsities=[0.0]),
          f"params.yaml: {STUDY}.structures[1]: '1:3' groups M=3 input weights, but "

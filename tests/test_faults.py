@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 from tiny_workflow import REPO, SNAKEMAKE, error_lines, planned_jobs, small_params, snakemake, write_workdir
 
-from sparselab.io import load_tensors
+from sparselab.io import load_compact
 
 pytestmark = pytest.mark.workflow
 SPARSE_RUN = "tiny/toy/magnitude/global-unstructured/s0.5/quick/seed0"
@@ -107,22 +107,22 @@ def test_a_killed_job_leaves_no_output_and_only_it_reruns(workdir, victim):
     assert all("s0.5" in wildcards for _, wildcards in planned)
     snakemake(workdir, evaluation(SPARSE_RUN))
     assert not leftovers(workdir)
-    assert load_tensors(run_dir / "model.safetensors")
+    assert load_compact(run_dir / "model.compact.safetensors")
 
 
 @pytest.mark.parametrize(
     "damaged, damage, target, message",
     [
-        (MASK, "truncate", f"results/finetune/{SPARSE_RUN}/model.safetensors",
+        (MASK, "truncate", f"results/finetune/{SPARSE_RUN}/model.compact.safetensors",
          f"{MASK} is truncated or not a safetensors file"),
-        (MASK, "flip", f"results/finetune/{SPARSE_RUN}/model.safetensors", f"{MASK} is corrupted"),
-        (f"results/finetune/{DENSE_RUN}/model.safetensors", "flip", f"results/eval/{DENSE_RUN}/finetuned.json",
-         f"results/finetune/{DENSE_RUN}/model.safetensors is corrupted"),
+        (MASK, "flip", f"results/finetune/{SPARSE_RUN}/model.compact.safetensors", f"{MASK} is corrupted"),
+        (f"results/finetune/{DENSE_RUN}/model.compact.safetensors", "flip", f"results/eval/{DENSE_RUN}/finetuned.json",
+         f"results/finetune/{DENSE_RUN}/model.compact.safetensors is corrupted"),
         ("results/scores/tiny/toy/magnitude/seed0/scores.safetensors", "truncate", MASK,
          "results/scores/tiny/toy/magnitude/seed0/scores.safetensors is truncated"),
         (f"results/eval/{DENSE_RUN}/finetuned.json", "truncate", "results/tables/runs.csv",
          f"results/eval/{DENSE_RUN}/finetuned.json is not valid JSON"),
-        ("resources/data/toy/train.jsonl", "flip", f"results/finetune/{DENSE_RUN}/model.safetensors",
+        ("resources/data/toy/train.jsonl", "flip", f"results/finetune/{DENSE_RUN}/model.compact.safetensors",
          "resources/data/toy/train.jsonl changed since it was fetched"),
     ],
     ids=["mask-truncated", "mask-flipped", "checkpoint-flipped", "scores-truncated", "record-truncated",
@@ -153,7 +153,7 @@ def test_a_failing_job_does_not_touch_other_outputs(workdir):
     assert result.returncode != 0 and any(MASK in line for line in error_lines(result))
     after = snapshot(workdir)
     assert {name: after.get(name) for name in before} == before  # inputs and summaries as they were
-    assert f"results/finetune/{DENSE_RUN}/model.safetensors" in after  # the independent job finished
+    assert f"results/finetune/{DENSE_RUN}/model.compact.safetensors" in after  # the independent job finished
     assert not any(name.startswith(f"results/finetune/{SPARSE_RUN}") for name in after)
 
 
@@ -212,7 +212,7 @@ def test_a_full_disk_fails_the_job_clearly_and_keeps_finished_outputs(workdir):
     assert result.returncode != 0
     errors = error_lines(result)
     assert len(errors) == 1, errors
-    assert errors[0].startswith(f"error: cannot write results/finetune/{SPARSE_RUN}/model.safetensors: No space "
+    assert errors[0].startswith(f"error: cannot write results/finetune/{SPARSE_RUN}/model.compact.safetensors: No space "
                                 f"left on device"), errors
     assert "free some space there and rerun; finished outputs are kept" in errors[0]
     assert left == []  # the outputs it did write were removed with the failed job, no partial file

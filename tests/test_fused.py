@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,3 +50,11 @@ def test_an_error_of_the_inputs_is_raised_not_hidden():
     kernel = fused(scaled_sum_in_place)
     with pytest.raises(RuntimeError, match="size"):
         kernel(torch.ones(3), torch.ones(4), torch.ones(4), torch.tensor(1.0))
+
+
+def test_importing_the_pipeline_does_not_load_the_compiler():
+    """Every job script imports sparselab.pipeline; torch's compiler (~2 s of imports) loads only
+    in a job that runs a fused kernel."""
+    code = "import sys, sparselab.pipeline; print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

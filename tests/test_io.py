@@ -1,4 +1,4 @@
-"""Compact mask storage and atomic outputs."""
+"""Compact storage of masks and sparse weights, self-checking tensor files, atomic outputs."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from sparselab.io import (
     atomic_path,
     check_tensors_file,
     check_writable,
+    load_compact,
+    load_compact_masks,
     load_masks,
     load_tensors,
     read_json,
+    save_compact,
     save_masks,
     save_tensors,
     write_json,
@@ -32,6 +35,62 @@ def test_masks_round_trip_bit_packed(tmp_path):
     loaded = load_masks(path)
     assert all(torch.equal(masks[k], loaded[k]) for k in masks)
     assert path.stat().st_size < 7 * 13 + 3 * 5 + 400  # about a bit per weight, plus the header
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The raw bits of a float tensor, so that -0.0 != +0.0 and NaN payloads count."""
+    return tensor.view(torch.int32 if tensor.dtype == torch.float32 else torch.int16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compact_round_trip_is_bit_identical(tmp_path, dtype):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(16, 24, generator=g).to(dtype)
+    mask = torch.rand(16, 24, generator=g) > 0.9  # ~90% pruned
+    weight = torch.where(mask, weight, 0.0)
+    weight[mask.nonzero()[0].unbind()] = float("nan")  # a kept NaN round-trips as it was
+    tensors = {"layer.weight": weight, "layer.bias": torch.randn(16, generator=g).to(dtype),
+               "ids": torch.arange(5)}
+    save_compact(tmp_path / "c.safetensors", tensors, {"layer.weight": mask})
+    loaded = load_compact(tmp_path / "c.safetensors")
+    assert sorted(loaded) == sorted(tensors)
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and loaded[name].shape == tensor.shape
+        assert torch.equal(_bits(loaded[name]), _bits(tensor)) if tensor.is_floating_point() else torch.equal(loaded[name], tensor)
+    masks = load_compact_masks(tmp_path / "c.safetensors")  # the run's mask, as saved
+    assert list(masks) == ["layer.weight"] and torch.equal(masks["layer.weight"], mask)
+
+
+def test_compact_file_of_a_90_percent_sparse_matrix_is_13_percent_of_dense(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(512, 512, generator=g)
+    mask = torch.zeros(512 * 512, dtype=torch.bool)
+    mask[torch.randperm(512 * 512, generator=g)[: 512 * 512 // 10]] = True  # exactly 10% kept
+    mask = mask.view(512, 512)
+    save_tensors(tmp_path / "dense.safetensors", {"w": weight * mask})
+    save_compact(tmp_path / "compact.safetensors", {"w": weight * mask}, {"w": mask})
+    ratio = (tmp_path / "compact.safetensors").stat().st_size / (tmp_path / "dense.safetensors").stat().st_size
+    assert 0.125 < ratio < 0.135  # 10% of the values + 1/32 for the mask bits, + the header
+
+
+def test_compact_refuses_a_pruned_weight_that_is_not_zero(tmp_path):
+    weight, mask = torch.ones(2, 3), torch.tensor([[True, False, True], [True, True, True]])
+    with pytest.raises(ValueError, match="w: 1 weights outside its mask are non-zero"):
+        save_compact(tmp_path / "c.safetensors", {"w": weight}, {"w": mask})
+    with pytest.raises(ValueError, match=r"w: mask shape \[3, 2\] != tensor shape \[2, 3\]"):
+        save_compact(tmp_path / "c.safetensors", {"w": weight}, {"w": mask.T})
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_compact_loader_refuses_other_and_damaged_files(tmp_path):
+    save_tensors(tmp_path / "plain.safetensors", {"w": torch.zeros(2)})
+    with pytest.raises(CorruptFileError, match="plain.safetensors is not a compact checkpoint"):
+        load_compact(tmp_path / "plain.safetensors")
+    path = tmp_path / "c.safetensors"
+    save_compact(path, {"w": torch.eye(3)}, {"w": torch.eye(3, dtype=torch.bool)})
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(CorruptFileError, match="is truncated"):
+        load_compact(path)
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

@@ -19,6 +19,7 @@ ONE_SHOT = {"magnitude": "global", "wanda": "row"}  # method: its native allocat
 DURING_TRAINING = {"gmp": "global"}
 DENSE = "tiny/toy/dense/quick/seed0"
 SUMMARY = {("aggregate", ""), ("study_table", "study=compare"), ("study_figure", "study=compare"), ("all", "")}
+MASKS = {("mask_analysis", "")}  # reruns when a checkpoint it reads changes, not for evaluation settings
 
 
 def base_params(root: Path) -> dict:
@@ -26,6 +27,7 @@ def base_params(root: Path) -> dict:
     methods = [*ONE_SHOT, *DURING_TRAINING]
     params["methods"] = {name: params["methods"][name] for name in methods}
     params["studies"] = {"compare": {**params["studies"]["compare"], "methods": methods}}  # sparsities 0, 0.5
+    params["mask_analysis"] = {"studies": ["compare"]}
     return params
 
 
@@ -63,23 +65,24 @@ def set_path(params: dict, path: str, value) -> None:
 EDITS = {
     "sparsity_added": (
         lambda p: set_path(p, "studies.compare.sparsities", [0.0, 0.5, 0.7]),
-        {*chain("magnitude", 0.7), *chain("wanda", 0.7), *chain("gmp", 0.7), *SUMMARY},
+        {*chain("magnitude", 0.7), *chain("wanda", 0.7), *chain("gmp", 0.7), *SUMMARY, *MASKS},
     ),
     # a scorer's hyper-parameter: its scores and everything built on them, no other method's jobs
     "scorer_hyperparameter": (
         lambda p: set_path(p, "methods.wanda.num_batches", 3),
-        {("score", "model=tiny, task=toy, method=wanda, seed=0"), *chain("wanda", 0.5), *SUMMARY},
+        {("score", "model=tiny, task=toy, method=wanda, seed=0"), *chain("wanda", 0.5), *SUMMARY, *MASKS},
     ),
     # a during-training sparsifier's hyper-parameter: its fine-tune and evaluation only
     "sparsifier_hyperparameter": (
         lambda p: set_path(p, "methods.gmp.end", 0.5),
-        {*chain("gmp", 0.5), *SUMMARY},
+        {*chain("gmp", 0.5), *SUMMARY, *MASKS},
     ),
     # a recipe value: every fine-tune (dense too), and the one-shot evaluations of the dense
     # fine-tuned model; scores and masks stay
     "recipe_value": (
         lambda p: set_path(p, "recipes.quick.learning_rate", 2.0e-3),
-        {*finetuned(DENSE), *(job for run in SPARSE_RUNS for job in finetuned(run)), *ONESHOT_EVALS, *SUMMARY},
+        {*finetuned(DENSE), *(job for run in SPARSE_RUNS for job in finetuned(run)), *ONESHOT_EVALS, *SUMMARY,
+         *MASKS},
     ),
     "evaluation_batch_size": (
         lambda p: set_path(p, "evaluation.batch_size", 16),

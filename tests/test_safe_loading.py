@@ -17,8 +17,9 @@ from transformers import BertForMaskedLM, BertForSequenceClassification, BertTok
 
 from sparselab import modeling
 from sparselab.config import ConfigError, load_config, validate_config
-from sparselab.data import fetch_task
+from sparselab.data import fetch_task, load_task
 from sparselab.fetch import FetchError, fetch_model, sha256_file
+from sparselab.io import save_compact
 from sparselab.modeling import load_classifier
 from sparselab.pipeline import evaluate_finetuned_stage, evaluate_oneshot_stage, score_stage
 
@@ -194,25 +195,30 @@ def test_the_opt_in_reaches_from_pretrained(
     fetched: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trust_remote_code: bool
 ) -> None:
     model_dir, data_dir = fetched
+    checkpoint = tmp_path / "checkpoint"  # a fine-tuned checkpoint as the finetune stage saves it
+    model = modeling.load_classifier(model_dir, load_task(data_dir), seed=0)
+    checkpoint.mkdir()
+    model.config.to_json_file(str(checkpoint / "config.json"))
+    save_compact(checkpoint / modeling.CHECKPOINT_FILE, dict(model.state_dict()), {})
+    (checkpoint / "train_metrics.json").write_text(
+        json.dumps({"trainable_params": 1, "wall_seconds": 1.0, "final_train_loss": 0.5})
+    )
     flags = []
-    for loader in (modeling.AutoModelForSequenceClassification, modeling.AutoTokenizer):
-        original = loader.from_pretrained
+    for loader, method in ((modeling.AutoConfig, "from_pretrained"),
+                           (modeling.AutoModelForSequenceClassification, "from_config"),
+                           (modeling.AutoTokenizer, "from_pretrained")):
+        original = getattr(loader, method)
 
         def recording(*args, _original=original, **kwargs):
             flags.append(kwargs["trust_remote_code"])
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(loader, "from_pretrained", recording)
-    checkpoint = tmp_path / "checkpoint"
-    shutil.copytree(model_dir, checkpoint)
-    (checkpoint / "train_metrics.json").write_text(
-        json.dumps({"trainable_params": 1, "wall_seconds": 1.0, "final_train_loss": 0.5})
-    )
+        monkeypatch.setattr(loader, method, recording)
     evaluate_finetuned_stage(
         checkpoint, model_dir, data_dir, tmp_path / "finetuned.json", prunable=BERT_PRUNABLE,
         evaluation=EVALUATION, max_length=16, threads=1, trust_remote_code=trust_remote_code,
     )
-    assert len(flags) == 2 and all(flag is trust_remote_code for flag in flags)
+    assert len(flags) >= 3 and all(flag is trust_remote_code for flag in flags)  # the tokenizer reads the config too
     assert "metrics" in json.loads((tmp_path / "finetuned.json").read_text())
 
 

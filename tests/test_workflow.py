@@ -6,13 +6,15 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 from tiny_workflow import planned_jobs, snakemake, tiny_params, write_workdir
 
-from sparselab.io import load_masks
+from sparselab.io import load_compact, load_masks
 
 pytestmark = pytest.mark.workflow
 
@@ -51,9 +53,26 @@ def test_outputs_and_tables(workdir):
     assert (sparse["achieved_sparsity"] - sparse["sparsity"]).abs().max() < 1e-3
     curves = pd.read_csv(workdir / "results/tables/curves.csv")
     assert len(curves) == 2 * 2 * 2 + 2 + 3  # per (setup, stage); magnitude/global is in both studies
-    for name in ("curve", "compare"):
+    for name in ("curve", "compare", "mask_analysis"):
         for suffix in ("png", "pdf"):
             assert (workdir / f"results/figures/{name}.{suffix}").stat().st_size > 1000
+
+
+def test_mask_analysis_compares_the_runs_masks(workdir):
+    overlap = pd.read_csv(workdir / "results/tables/mask_overlap.csv")
+    # global magnitude at 0.5 and 0.8: one pair of nested masks
+    nested = overlap[(overlap["comparison"] == "sparsity") & (overlap["method"] == "magnitude")
+                     & (overlap["allocation"] == "global") & (overlap["structure"] == "unstructured")]
+    assert list(zip(nested["a"], nested["b"])) == [("s=0.5", "s=0.8")]
+    assert nested["kept_cosine"].iloc[0] == pytest.approx((0.2 / 0.5) ** 0.5, abs=0.01)  # nested masks
+    methods = overlap[(overlap["comparison"] == "method") & (overlap["sparsity"] == 0.5)]
+    # 8 set-ups at 0.5, each pair once: magnitude global/layerwise x unstructured/2:4 (`curve`) and
+    # the other 4 methods of `compare`
+    assert len(methods) == 8 * 7 // 2
+    assert methods["kept_cosine"].between(0, 1).all() and methods["chance_kept_cosine"].between(0.49, 0.51).all()
+    modules = pd.read_csv(workdir / "results/tables/mask_modules.csv")
+    assert modules.groupby(["method", "allocation", "structure", "sparsity"])["share_of_pruned"].sum().tolist() == \
+        pytest.approx([1.0] * modules.groupby(["method", "allocation", "structure", "sparsity"]).ngroups)
     source = json.loads((workdir / "resources/models/tiny/source.json").read_text())
     assert source["source"].startswith("local:") and "model.safetensors" in source["files"]
 
@@ -67,10 +86,14 @@ def test_masks_reports_and_checkpoints_agree(workdir):
         assert report["achieved_sparsity"] == pytest.approx(report["requested_sparsity"], abs=1e-3)
         assert len(report["matrices"]) == 12
     run = workdir / "results/finetune/tiny/toy/magnitude/global-unstructured/s0.8/quick/seed0"
-    weights = load_file(run / "model.safetensors")
+    weights = load_compact(run / "model.compact.safetensors")
+    stored = load_file(run / "model.compact.safetensors")
     masks = load_masks(masks_dir / "global-unstructured/s0.8/seed0/mask.safetensors")
     for name, mask in masks.items():
         assert (weights[name][~mask] == 0).all()
+        # stored compactly: the kept values only, in order, and the prune stage's mask bit for bit
+        assert torch.equal(stored[name + "::values"], weights[name][mask])
+        assert torch.equal(stored[name + "::mask"], torch.from_numpy(np.packbits(mask.flatten().numpy())))
     nested = load_masks(masks_dir / "global-unstructured/s0.5/seed0/mask.safetensors")
     assert all(bool((masks[n] <= nested[n]).all()) for n in masks)
     log = pd.read_csv(run / "train_log.csv")
@@ -86,7 +109,7 @@ def test_rerun_does_nothing_and_one_sparsity_reruns_its_chain(workdir, tmp_path)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     planned = planned_jobs(clone)
     rules = sorted(rule for rule, _ in planned)
-    summary = {"aggregate", "study_table", "study_figure", "all"}
+    summary = {"aggregate", "study_table", "study_figure", "mask_analysis", "all"}  # the new masks are compared too
     assert rules == sorted([*summary, *["prune", "finetune", "evaluate_finetuned", "evaluate_oneshot"] * 2]), planned
     assert all("s0.7" in wildcards for rule, wildcards in planned if rule not in summary)
     assert ("study_table", "study=curve") in planned  # the other study's table stays as it is
@@ -105,7 +128,7 @@ def test_same_params_give_identical_masks_weights_and_metrics(workdir, tmp_path)
     shutil.copytree(workdir, clone, symlinks=True)
     shutil.rmtree(clone / "results")
     snakemake(clone)
-    for pattern in ("results/masks/**/mask.safetensors", "results/finetune/**/model.safetensors", "results/eval/**/finetuned.json"):
+    for pattern in ("results/masks/**/mask.safetensors", "results/finetune/**/model.compact.safetensors", "results/eval/**/finetuned.json"):
         first = sorted(workdir.glob(pattern))
         assert first, pattern
         for path in first:

@@ -67,6 +67,7 @@ def tiny_params(root: Path) -> dict:
                         "methods": ["magnitude", "wanda", "gmp", "seven_dyn", "pst"], "allocations": ["native"],
                         "sparsities": [0.0, 0.5], "recipes": ["quick"]},
         },
+        "mask_analysis": {"studies": ["curve", "compare"]},
         "evaluation": {"epsilon": 0.01, "batch_size": 32, "latency_batch_size": 4, "latency_repeats": 1},
     }
 
@@ -102,6 +103,7 @@ def small_params(root: Path, epochs: int = 2) -> dict:
     curve = params["studies"]["curve"]
     params["studies"] = {"curve": {**curve, "allocations": ["global"], "structures": ["unstructured"],
                                    "sparsities": [0.0, 0.5]}}
+    params["mask_analysis"] = {"studies": ["curve"]}
     return params
 
 

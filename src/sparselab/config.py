@@ -115,6 +115,8 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     _check_tasks(filled)
     _check_methods(filled)
     _check_studies(filled)
+    _check_mask_analysis(filled)
+    _check_pretraining_studies(filled)
     _check_method_composition(filled)
     _check_schedules_fit(filled)
     return filled
@@ -546,6 +548,49 @@ def _check_studies(config: dict) -> None:
                              f"both are s{label} in result paths)",
                              "each sparsity once, distinct in 6 significant digits")
             seen[label] = index
+
+
+def _check_mask_analysis(config: dict) -> None:
+    """The mask analysis compares the runs of studies that exist."""
+    defined = sorted(config["studies"])
+    for index, ref in enumerate(config.get("mask_analysis", {}).get("studies", [])):
+        if ref not in config["studies"]:
+            raise _error(["mask_analysis", "studies", index], ref, "is not a study defined under studies",
+                         ", ".join(defined), close=_close(ref, defined))
+
+
+def _check_pretraining_studies(config: dict) -> None:
+    """The scaling-law grid and abrupt sparsification name a model, task and recipe that exist, and
+    build models and schedules that can run."""
+    for section in ("scaling_law", "abrupt_sparsification"):
+        entry = config.get(section)
+        if entry is None:
+            continue
+        for key, defined in (("model", "models"), ("task", "tasks")):
+            if entry[key] not in config[defined]:
+                names = sorted(config[defined])
+                raise _error([section, key], entry[key], f"is not a {key} defined under {defined}", ", ".join(names),
+                             close=_close(entry[key], names))
+        widths = entry["widths"] if "widths" in entry else [entry["width"]]
+        for index, width in enumerate(widths):
+            if width % entry["heads"]:
+                where = [section, "widths", index] if "widths" in entry else [section, "width"]
+                raise _error(where, width, f"is not a multiple of heads = {entry['heads']}",
+                             f"a multiple of {entry['heads']}")
+        shortest = min(entry["steps"]) if isinstance(entry["steps"], list) else entry["steps"]
+        if entry["warmup_steps"] >= shortest:
+            raise _error([section, "warmup_steps"], entry["warmup_steps"],
+                         f"is not shorter than the shortest run ({shortest} steps)", f"0 <= warmup_steps < {shortest}")
+    abrupt = config.get("abrupt_sparsification")
+    if abrupt is not None:
+        downstream = abrupt["downstream"]
+        if downstream["recipe"] not in config["recipes"]:
+            names = sorted(config["recipes"])
+            raise _error(["abrupt_sparsification", "downstream", "recipe"], downstream["recipe"],
+                         "is not a recipe defined under recipes", ", ".join(names), close=_close(downstream["recipe"], names))
+        if 0 not in downstream["sparsities"]:
+            raise _error(["abrupt_sparsification", "downstream", "sparsities"], downstream["sparsities"],
+                         "has no 0 (the dense point the essential sparsity is measured against)", "a list with 0 in it")
 
 
 # ---------------------------------------------------------------------------------------------

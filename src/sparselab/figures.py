@@ -9,12 +9,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from sparselab.aggregate import essential_sparsity  # noqa: E402
 from sparselab.io import atomic_path  # noqa: E402
 from sparselab.registry import Registry  # noqa: E402
+from sparselab.scaling_law import Coefficients, law, optimal_sparsity_grid  # noqa: E402
 
 STAGE_STYLE = {"finetuned": "-", "pruned": "--"}
 STAGE_LABEL = {"finetuned": "pruned, then fine-tuned", "pruned": "dense fine-tuned, pruned (no retraining)"}
@@ -117,4 +119,121 @@ def method_comparison_figure(table: pd.DataFrame, epsilon: float, png: Path, pdf
         for line, curve in panel.groupby("line"):
             _draw_curve(ax, curve, color=palette[line], marker=markers[line], label=line)
         _finish_panel(ax, model, task, panel["metric"].iloc[0])
+    save_figure(fig, png, pdf)
+
+
+def _heatmap(ax: plt.Axes, pairs: pd.DataFrame, title: str) -> None:
+    """Kept-set cosine similarity between the labels of `pairs` (rows of mask_analysis.overlap_table)."""
+    labels = list(dict.fromkeys([*pairs["a"], *pairs["b"]]))
+    matrix = pd.DataFrame(1.0, index=labels, columns=labels)
+    for _, row in pairs.iterrows():
+        matrix.loc[row["a"], row["b"]] = matrix.loc[row["b"], row["a"]] = row["kept_cosine"]
+    sns.heatmap(matrix, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=len(labels) <= 10, fmt=".2f",
+                annot_kws={"fontsize": 7}, cbar_kws={"label": "cosine similarity of the kept sets"})
+    chance = pairs["chance_kept_cosine"]
+    ax.set_title(f"{title}\n(two random masks: {chance.min():.2f}-{chance.max():.2f})", fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def mask_analysis_figure(overlap: pd.DataFrame, modules: pd.DataFrame, png: Path, pdf: Path) -> None:
+    """Three panels: how far the methods' masks agree (at the sparsity nearest 0.5 that several
+    set-ups share), how far one set-up's masks agree across sparsities (the set-up with the most
+    sparsities), and the share of pruned weights in the FFN matrices against sparsity, per set-up
+    (method, allocation, structure), beside the FFN's share of the weights (what pruning in
+    proportion to size would give)."""
+    setup = ["method", "allocation", "structure"]
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5.5))
+    methods = overlap[overlap["comparison"] == "method"]
+    sparsity = min(methods["sparsity"].unique(), key=lambda s: (abs(s - 0.5), s), default=None)
+    sparsities = overlap[overlap["comparison"] == "sparsity"]
+    busiest = None
+    if len(sparsities):  # the set-up with the most sparsities
+        labels = _setup_label(sparsities, setup)
+        busiest = sparsities.groupby(labels)["a"].nunique().idxmax()
+        sparsities = sparsities[labels == busiest]
+    panels = [(methods[methods["sparsity"] == sparsity], f"the set-ups' masks at sparsity {sparsity}"),
+              (sparsities, f"{busiest}: masks across sparsities")]
+    for ax, (pairs, title) in zip(axes, panels):
+        if len(pairs):
+            _heatmap(ax, pairs, title)
+        else:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "no pairs of masks to compare", ha="center", va="center")
+    ffn = modules[modules["module_type"].str.startswith("ffn.")]
+    by_run = ffn.groupby([*setup, "sparsity"])[["share_of_pruned", "share_of_weights"]].sum().reset_index()
+    by_run["setup"] = _setup_label(by_run, setup)
+    ax = axes[2]
+    for label, curve in by_run.groupby("setup"):
+        ax.plot(curve["sparsity"], curve["share_of_pruned"], marker="o", label=label)
+    if len(by_run):
+        ax.axhline(by_run["share_of_weights"].iloc[0], color="0.3", ls="--", lw=1,
+                   label=f"FFN share of the weights ({by_run['share_of_weights'].iloc[0]:.2f})")
+    ax.set_xlabel("sparsity of the prunable set")
+    ax.set_ylabel("share of the pruned weights in FFN matrices")
+    ax.set_title("where the pruned weights sit", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def scaling_law_figure(points: pd.DataFrame, coef: Coefficients, s_max: float, png: Path, pdf: Path) -> None:
+    """The miniature scaling grid and its fitted law: validation loss against non-zero parameters N
+    (at the longest training) and against data D (at the widest model), one colour per sparsity,
+    measured points and fitted curves; then the optimal sparsity over (N, D) at fixed compute
+    (scaling_law.optimal_sparsity), up to the grid's highest sparsity."""
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5.2))
+    colours = dict(zip(sorted(points["sparsity"].unique()), sns.color_palette("viridis", points["sparsity"].nunique())))
+    for ax, fixed, varied, label in ((axes[0], "steps", "N", "non-zero non-embedding parameters N (millions)"),
+                                     (axes[1], "width", "D", "training tokens D (millions)")):
+        chosen = points[points[fixed] == points[fixed].max()]
+        for sparsity, rows in chosen.groupby("sparsity"):
+            rows = rows.sort_values(varied)
+            ax.scatter(rows[varied], rows["eval_loss"], color=colours[sparsity], zorder=3)
+            span = np.geomspace(rows[varied].min() / 1.5, rows[varied].max() * 1.5, 50)
+            other = {"N": rows["N"].mean(), "D": rows["D"].mean()} | {varied: span}
+            ax.plot(span, law(coef, np.full(50, sparsity), other["N"], other["D"]), color=colours[sparsity],
+                    label=f"S = {sparsity:g}")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation MLM loss")
+        ax.set_title(f"at the largest {fixed} ({chosen[fixed].iloc[0]:g}); points measured, lines fitted", fontsize=9)
+        ax.legend(fontsize=7)
+    N = np.geomspace(points["N"].min(), points["N"].max() * 10, 24)
+    D = np.geomspace(points["D"].min(), points["D"].max() * 10, 24)
+    optimal = optimal_sparsity_grid(coef, N, D, s_max)  # (len(N), len(D))
+    contour = axes[2].contourf(D, N, optimal, levels=np.linspace(0, s_max, 8), cmap="viridis")
+    fig.colorbar(contour, ax=axes[2], label="optimal sparsity")
+    axes[2].set_xscale("log")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("data D of a dense run with the same compute (millions of tokens)")
+    axes[2].set_ylabel("non-zero parameters N (millions)")
+    axes[2].set_title("optimal sparsity at fixed compute (fitted law)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def abrupt_sparsification_figure(shares: pd.DataFrame, curves: pd.DataFrame, essential: pd.DataFrame,
+                                 png: Path, pdf: Path) -> None:
+    """Left: the share of the prunable weights with |w| < tau against the pre-training step, one
+    colour per data fraction and one line style per tau. Right: the downstream metric of each final
+    model, pruned one-shot by magnitude and fine-tuned, against sparsity; dotted: its essential sparsity."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    colours = dict(zip(sorted(shares["fraction"].unique(), reverse=True), sns.color_palette("colorblind")))
+    styles = dict(zip(sorted(shares["tau"].unique()), ["-", "--", ":", "-."]))
+    for (fraction, tau), rows in shares.groupby(["fraction", "tau"]):
+        left.plot(rows["step"], rows["share"], color=colours[fraction], ls=styles.get(tau, "-"),
+                  label=f"{fraction:.0%} of the corpus, tau = {tau:g}")
+    left.set_xlabel("pre-training step")
+    left.set_ylabel("share of prunable weights with |w| < tau")
+    left.legend(fontsize=7)
+    for fraction, rows in curves.groupby("fraction"):
+        right.plot(rows["sparsity"], rows["value"], marker="o", color=colours[fraction], label=f"{fraction:.0%} of the corpus")
+        mark = essential.loc[essential["fraction"] == fraction, "essential_sparsity"].iloc[0]
+        right.axvline(mark, color=colours[fraction], ls=":", lw=1.5)
+    right.set_xlabel("sparsity (one-shot global magnitude, then fine-tuned)")
+    right.set_ylabel(curves["metric"].iloc[0])
+    epsilon = essential["epsilon"].iloc[0]
+    right.set_title(f"downstream; dotted: essential sparsity (within {epsilon:g} of dense)", fontsize=9)
+    right.legend(fontsize=7)
+    fig.tight_layout()
     save_figure(fig, png, pdf)

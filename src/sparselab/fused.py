@@ -30,13 +30,15 @@ def fused(function: F) -> F:
     Scalars that change between calls (a step's bias correction) go in as 0-d tensors, so that
     a new value does not trigger a recompilation.
     """
-    compiled = torch.compile(function, fullgraph=True, dynamic=True)
+    compiled = None
     use_compiled = True
 
     @functools.wraps(function)
     def run(*args, **kwargs):
-        nonlocal use_compiled
+        nonlocal compiled, use_compiled
         if use_compiled:
+            if compiled is None:  # torch.compile imports torch's compiler (~2 s): only jobs that fuse pay it
+                compiled = torch.compile(function, fullgraph=True, dynamic=True)
             try:
                 return compiled(*args, **kwargs)
             except Exception as error:

@@ -1,4 +1,4 @@
-"""Atomic file output, self-checking tensor files and compact storage of masks.
+"""Atomic file output, self-checking tensor files and compact storage of masks and sparse weights.
 
 Every output is written under a temporary sibling name and renamed into place, so a job that is
 killed leaves either its complete output or none. Tensor files carry the sha256 of their data in
@@ -195,21 +195,92 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
+def _pack(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as uint8 bits, 8 weights per byte, in row-major order."""
+    return torch.from_numpy(np.packbits(mask.cpu().flatten().numpy()))
+
+
+def _unpack(bits: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """The inverse of `_pack`: a bool tensor of `shape`."""
+    numel = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).view(bool)).reshape(shape)  # 0/1 bytes
+
+
 def save_masks(path: str | Path, masks: dict[str, torch.Tensor]) -> None:
     """Save boolean masks bit-packed (8 weights per byte) with their shapes in the metadata."""
-    packed = {name: torch.from_numpy(np.packbits(m.flatten().numpy())) for name, m in masks.items()}
     shapes = {name: list(m.shape) for name, m in masks.items()}
-    save_tensors(path, packed, metadata={"packbits_shapes": json.dumps(shapes, sort_keys=True)})
+    save_tensors(path, {name: _pack(m) for name, m in masks.items()},
+                 metadata={"packbits_shapes": json.dumps(shapes, sort_keys=True)})
 
 
 def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
     """Load masks saved by `save_masks` as boolean tensors (True = kept)."""
     shapes = json.loads(check_tensors_file(path)["packbits_shapes"])
-    masks = {}
     with safe_open(str(path), framework="pt") as f:
-        for name in f.keys():
-            shape = shapes[name]
-            numel = int(np.prod(shape))
-            bits = np.unpackbits(f.get_tensor(name).numpy(), count=numel)
-            masks[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
-    return masks
+        return {name: _unpack(f.get_tensor(name), shapes[name]) for name in f.keys()}
+
+
+# Tensor-name suffixes of a masked tensor in a compact file; "::" never occurs in a parameter name.
+VALUES, MASK = "::values", "::mask"
+
+
+def save_compact(path: str | Path, tensors: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
+    """Save a state dict with every masked tensor stored as its kept values plus its packed mask.
+
+    A tensor with a mask (bool, True = kept) takes (1 - s) of its dense bytes for the values and
+    1/32 (fp32) for the mask bits: ~13% of dense at 90% sparsity. Tensors without one are stored
+    as they are. The mask is the run's own, never read off the zeros; ValueError if a weight it
+    prunes is not zero (the checkpoint would then not be the model that was evaluated).
+    """
+    stored, shapes = {}, {}
+    for name, tensor in tensors.items():
+        mask = masks.get(name)
+        if mask is None:
+            stored[name] = tensor
+            continue
+        mask = mask.to(tensor.device, torch.bool)
+        if mask.shape != tensor.shape:
+            raise ValueError(f"{name}: mask shape {list(mask.shape)} != tensor shape {list(tensor.shape)}")
+        leaked = int(tensor[~mask].count_nonzero())
+        if leaked:
+            raise ValueError(f"{name}: {leaked} weights outside its mask are non-zero; refusing to drop them")
+        stored[name + VALUES] = tensor[mask]  # (kept,) in row-major order
+        stored[name + MASK] = _pack(mask)
+        shapes[name] = list(tensor.shape)
+    save_tensors(path, stored, metadata={**(metadata or {}), "compact_shapes": json.dumps(shapes, sort_keys=True)})
+
+
+def _compact_shapes(path: str | Path) -> dict[str, list[int]]:
+    """{name: shape} of the masked tensors of a compact file, after its checks."""
+    metadata = check_tensors_file(path)
+    if "compact_shapes" not in metadata:
+        raise CorruptFileError(f"{path} is not a compact checkpoint (no compact_shapes in its header): "
+                               f"{_recompute_advice(Path(path))}")
+    return json.loads(metadata["compact_shapes"])
+
+
+def load_compact(path: str | Path) -> dict[str, torch.Tensor]:
+    """A file of `save_compact` as ordinary dense tensors (pruned entries +0.0), after its checks."""
+    shapes = _compact_shapes(path)
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if key.endswith(MASK):
+                continue
+            if not key.endswith(VALUES):
+                tensors[key] = f.get_tensor(key)
+                continue
+            name = key[: -len(VALUES)]
+            mask = _unpack(f.get_tensor(name + MASK), shapes[name])
+            values = f.get_tensor(key)
+            # masked_scatter_ fills the kept positions in row-major order, the order they were read in
+            tensors[name] = torch.zeros(mask.shape, dtype=values.dtype).masked_scatter_(mask, values)
+    return tensors
+
+
+def load_compact_masks(path: str | Path) -> dict[str, torch.Tensor]:
+    """The masks stored in a compact checkpoint: the run's own, as it pruned (none for a dense run)."""
+    shapes = _compact_shapes(path)
+    with safe_open(str(path), framework="pt") as f:
+        return {name: _unpack(f.get_tensor(name + MASK), shape) for name, shape in shapes.items()}

@@ -9,10 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
+
+from sparselab.io import load_compact
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,21 @@ def load_classifier(
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
     )
+
+
+# The weights file of a fine-tuned checkpoint folder (beside its config.json): sparse matrices are
+# stored compactly (sparselab.io.save_compact), so transformers cannot read it directly.
+CHECKPOINT_FILE = "model.compact.safetensors"
+
+
+def load_finetuned(checkpoint_dir: str | Path, *, trust_remote_code: bool = False) -> nn.Module:
+    """The fine-tuned classifier saved in `checkpoint_dir` (config.json + CHECKPOINT_FILE), with
+    exactly the saved weights: every tensor of the file must match one of the model (strict)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    config = AutoConfig.from_pretrained(str(checkpoint_dir), trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    model.load_state_dict(load_compact(checkpoint_dir / CHECKPOINT_FILE), strict=True)
+    return model.eval()
 
 
 def load_tokenizer(

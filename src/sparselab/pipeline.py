@@ -20,9 +20,9 @@ from sparselab.data import load_split, load_task
 from sparselab.evaluate import count_zeros, latency_ms, task_metrics
 from sparselab.fetch import verify_record
 from sparselab.finetune import recipe_from_config, train
-from sparselab.io import atomic_path, check_tensors_file, load_masks, load_tensors, read_json, save_masks, save_tensors, write_json
+from sparselab.io import atomic_path, load_masks, load_tensors, read_json, save_compact, save_masks, save_tensors, write_json
 from sparselab.masks import Structure, build_masks, sparsity_report
-from sparselab.modeling import configure_threads, load_classifier, load_tokenizer, pick_device
+from sparselab.modeling import CHECKPOINT_FILE, configure_threads, load_classifier, load_finetuned, load_tokenizer, pick_device
 from sparselab.prunable import select_prunable
 from sparselab.scoring import ScoringContext
 from sparselab.sparsifiers import FixedMask, Sparsifier, Target
@@ -117,7 +117,8 @@ def finetune_stage(
     model.to("cpu")
     with atomic_path(out_dir / "config.json") as config_tmp:
         model.config.to_json_file(str(config_tmp))
-    save_tensors(out_dir / "model.safetensors", dict(model.state_dict()), metadata={"format": "pt"})
+    masks = {name: mask.cpu() for name, mask in sparsifier.masks.items()} if sparsifier is not None else {}
+    save_compact(out_dir / CHECKPOINT_FILE, dict(model.state_dict()), masks)
     write_json(out_dir / "train_metrics.json", {
         "steps": result.steps,
         "train_examples": len(data),
@@ -166,13 +167,12 @@ def evaluate_finetuned_stage(
     verify_record(model_dir)
     verify_record(data_dir)
     train_metrics = read_json(checkpoint_dir / "train_metrics.json")
-    check_tensors_file(checkpoint_dir / "model.safetensors")
-    model = load_classifier(checkpoint_dir, load_task(data_dir), seed=0, trust_remote_code=trust_remote_code)
+    model = load_finetuned(checkpoint_dir, trust_remote_code=trust_remote_code)
     record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length,
                                 trust_remote_code=trust_remote_code)
     record.update(
         stage="finetuned",
-        file_bytes=(checkpoint_dir / "model.safetensors").stat().st_size,
+        file_bytes=(checkpoint_dir / CHECKPOINT_FILE).stat().st_size,
         latency_ms=latency_ms(model, evaluation["latency_batch_size"], max_length, evaluation["latency_repeats"],
                               pick_device(), evaluation["precision"]),
         latency_batch=[evaluation["latency_batch_size"], max_length],
@@ -192,9 +192,8 @@ def evaluate_oneshot_stage(
     configure_threads(threads)
     verify_record(model_dir)
     verify_record(data_dir)
-    check_tensors_file(dense_dir / "model.safetensors")
     start = time.perf_counter()
-    model = load_classifier(dense_dir, load_task(data_dir), seed=0, trust_remote_code=trust_remote_code)
+    model = load_finetuned(dense_dir, trust_remote_code=trust_remote_code)
     scores = compute_scores(model, method, prunable, data_dir, model_dir, seed, trust_remote_code=trust_remote_code)
     parsed = Structure.parse(structure)
     masks = build_masks(scores, sparsity, allocation, parsed)

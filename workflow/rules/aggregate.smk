@@ -13,8 +13,8 @@ rule aggregate:
     input:
         records=evaluation_targets(RUNS),
     output:
-        runs="results/tables/runs.csv",
-        curves="results/tables/curves.csv",
+        runs=report("results/tables/runs.csv", caption="../report/runs_table.rst", category="Tables"),
+        curves=report("results/tables/curves.csv", caption="../report/curves_table.rst", category="Tables"),
         metrics="results/metrics.json",
     params:
         runs=runs_param(RUNS),
@@ -31,7 +31,12 @@ rule study_table:
     input:
         records=lambda w: evaluation_targets(STUDY_RUNS[w.study]),
     output:
-        table="results/tables/{study}.csv",
+        table=report(
+            "results/tables/{study}.csv",
+            caption="../report/study_table.rst",
+            category="Tables",
+            labels={"table": "{study}"},
+        ),
     params:
         runs=lambda w: runs_param(STUDY_RUNS[w.study]),
     conda:

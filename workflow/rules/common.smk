@@ -133,3 +133,51 @@ def finetune_inputs(wildcards):
 def trust_remote_code(model):
     """Whether a model may run code from its own files: its entry's opt-in (default false)."""
     return config["models"][model]["trust_remote_code"]
+
+
+def mask_analysis_runs():
+    """The sparse runs of the studies that `mask_analysis` lists, each once (none if it is absent)."""
+    studies = config.get("mask_analysis", {}).get("studies", [])
+    return sorted({run for study in studies for run in STUDY_RUNS[study] if not run.dense})
+
+
+ANALYSIS_OUTPUTS = {
+    "mask_analysis": ["results/tables/mask_overlap.csv", "results/tables/mask_modules.csv"],
+    "scaling_law": ["results/tables/scaling_law.csv", "results/tables/scaling_law_points.csv"],
+    "abrupt_sparsification": ["results/tables/abrupt_sparsification.csv", "results/tables/abrupt_essential.csv"],
+}
+
+
+def analysis_outputs(name=None):
+    """The tables and figure of one analysis, or of every analysis params.yaml asks for (targets of `all`)."""
+    names = [name] if name else [n for n in ANALYSIS_OUTPUTS if n in config]
+    return [path for n in names
+            for path in [*ANALYSIS_OUTPUTS[n], f"results/figures/{n}.png", f"results/figures/{n}.pdf"]]
+
+
+SCALING = config.get("scaling_law")
+ABRUPT = config.get("abrupt_sparsification")
+# Pre-training settings shared by every grid point (the grid's lists and the fit are not).
+PRETRAIN_KEYS = ["layers", "heads", "batch_size", "max_length", "learning_rate", "warmup_steps", "seed"]
+
+
+def scaling_records():
+    """The record of every point of the scaling-law grid."""
+    return [f"results/scaling/w{width}/s{sparsity:g}/n{steps}/record.json"
+            for width in SCALING["widths"] for sparsity in SCALING["sparsities"] for steps in SCALING["steps"]]
+
+
+def scaling_settings(wildcards):
+    """The PretrainConfig settings of one grid point."""
+    return {**{key: SCALING[key] for key in PRETRAIN_KEYS}, "gmp_frequency": SCALING["gmp_frequency"],
+            "width": int(wildcards.width), "sparsity": float(wildcards.sparsity), "steps": int(wildcards.steps)}
+
+
+def abrupt_settings():
+    """The PretrainConfig settings of the abrupt-sparsification runs (the fraction is the job's)."""
+    return {**{key: ABRUPT[key] for key in PRETRAIN_KEYS}, "width": ABRUPT["width"], "steps": ABRUPT["steps"],
+            "checkpoint_every": ABRUPT["checkpoint_every"]}
+
+
+def abrupt_fractions():
+    return [f"{fraction:g}" for fraction in ABRUPT["fractions"]]

@@ -3,7 +3,7 @@
 
 rule evaluate_finetuned:
     input:
-        checkpoint="results/finetune/{run}/model.safetensors",
+        checkpoint="results/finetune/{run}/model.compact.safetensors",
         train_metrics="results/finetune/{run}/train_metrics.json",
         model=lambda w: model_dir(run_of(w)),
         data=lambda w: data_dir(run_of(w)),
@@ -28,7 +28,7 @@ rule evaluate_finetuned:
 
 rule evaluate_oneshot:
     input:
-        dense=lambda w: f"results/finetune/{oneshot_of(w).dense_key}/model.safetensors",
+        dense=lambda w: f"results/finetune/{oneshot_of(w).dense_key}/model.compact.safetensors",
         model=lambda w: model_dir(oneshot_of(w)),
         data=lambda w: data_dir(oneshot_of(w)),
     output:

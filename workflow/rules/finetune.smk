@@ -8,7 +8,7 @@ rule finetune:
     input:
         unpack(finetune_inputs),
     output:
-        checkpoint="results/finetune/{run}/model.safetensors",
+        checkpoint="results/finetune/{run}/model.compact.safetensors",
         config="results/finetune/{run}/config.json",
         train_log="results/finetune/{run}/train_log.csv",
         train_metrics="results/finetune/{run}/train_metrics.json",

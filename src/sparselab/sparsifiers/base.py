@@ -103,8 +103,11 @@ class Sparsifier(Configurable, ABC):
                 weight.mul_(self._multipliers[name])
 
     def finalize(self) -> None:
-        """Called after training: leave a plain model whose pruned weights are exactly zero."""
-        self.apply_masks()
+        """Called after training: leave a plain model whose pruned weights are exactly +0.0 (a
+        product with the 0/1 mask leaves -0.0 where w < 0; one zero makes checkpoints canonical)."""
+        with torch.no_grad():
+            for name, weight in self.prunable.items():
+                weight.masked_fill_(~self.masks[name], 0.0)
 
 
 SPARSIFIERS: Registry[type[Sparsifier]] = Registry("sparsifier")

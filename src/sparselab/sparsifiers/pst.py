@@ -336,7 +336,7 @@ class ParameterEfficientSparseTraining(Sparsifier):
         """Merge W <- (W + U V) * M, drop the parametrizations and PST parameters, unfreeze all."""
         if not self.slots:
             return
-        merged = {id(group): group.effective() * group.mask for group in self._groups}
+        merged = {id(group): torch.where(group.mask.bool(), group.effective(), 0.0) for group in self._groups}
         final = {}
         for name, (group, index) in self.slots.items():
             parametrize.remove_parametrizations(self._linears[name], "weight", leave_parametrized=False)

@@ -1,0 +1,16 @@
+"""Rule abrupt_sparsification: the small-weight shares and essential sparsities in tables and a figure."""
+
+from pathlib import Path
+
+from sparselab.logs import log_to
+from sparselab.pretraining_studies import abrupt_sparsification_stage
+
+with log_to(snakemake.log[0]):
+    abrupt_sparsification_stage(
+        [Path(path) for path in snakemake.input.runs],
+        [Path(path) for path in snakemake.input.downstream],
+        Path(snakemake.output.shares),
+        Path(snakemake.output.essential),
+        Path(snakemake.output.png),
+        Path(snakemake.output.pdf),
+    )

@@ -1,0 +1,16 @@
+"""Rule mask_analysis: overlaps of the runs' masks and the share of pruned weights per module type."""
+
+from pathlib import Path
+
+from sparselab.logs import log_to
+from sparselab.mask_analysis import mask_analysis_stage
+
+with log_to(snakemake.log[0]):
+    mask_analysis_stage(
+        snakemake.params.runs,
+        [Path(path) for path in snakemake.input.checkpoints],
+        Path(snakemake.output.overlap),
+        Path(snakemake.output.modules),
+        Path(snakemake.output.png),
+        Path(snakemake.output.pdf),
+    )
