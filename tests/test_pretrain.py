@@ -16,6 +16,7 @@ from sparselab.pretrain import (
     data_fraction,
     evaluate,
     make_blocks,
+    Vocabulary,
     mask_tokens,
     pretrain,
 )
@@ -59,12 +60,32 @@ def test_data_fraction_takes_nested_prefixes():
         data_fraction(texts, 0.0)
 
 
+def full_vocabulary(tokenizer) -> Vocabulary:
+    return Vocabulary.from_corpus(tokenizer, torch.zeros(1, dtype=torch.long), None)
+
+
+def test_a_compact_vocabulary_keeps_the_specials_and_the_most_frequent_pieces(tokenizer):
+    special = sorted(set(tokenizer.all_special_ids))
+    blocks = torch.tensor([[CLS, 10, 10, 10, 11, 11, 12, SEP], [CLS, 13, 10, 11, 14, 14, 14, SEP]])
+    vocab = Vocabulary.from_corpus(tokenizer, blocks, len(special) + 3)  # room for 10, 11 and 14 (3 each)
+    assert vocab.size == len(special) + 3 and vocab.special_ids == list(range(len(special)))
+    encoded = vocab.encode(blocks)
+    unk = special.index(tokenizer.unk_token_id)
+    assert encoded[0, 0] == special.index(CLS) and encoded[0, -1] == special.index(SEP)
+    assert encoded[0, 6] == unk and encoded[1, 1] == unk  # 12 and 13 occur once: rare, so [UNK]
+    assert sorted(set(encoded[encoded >= len(special)].tolist())) == [len(special), len(special) + 1, len(special) + 2]
+    assert vocab.mask_id == special.index(MASK)
+    assert Vocabulary.from_corpus(tokenizer, blocks, None).encode(blocks) is blocks  # the tokenizer's own
+    with pytest.raises(ValueError, match="vocab_size=3 leaves no room beside the"):
+        Vocabulary.from_corpus(tokenizer, blocks, 3)
+
+
 def test_masking_rate_and_80_10_10_split(tokenizer):
     g = torch.Generator().manual_seed(0)
     blocks = torch.randint(5, V, (400, 256), generator=g)
     blocks[:, 0], blocks[:, 9::10] = CLS, SEP  # specials at known places
     special = (blocks == CLS) | (blocks == SEP)
-    inputs, labels = mask_tokens(blocks, tokenizer, 0.15, torch.Generator().manual_seed(1))
+    inputs, labels = mask_tokens(blocks, full_vocabulary(tokenizer), 0.15, torch.Generator().manual_seed(1))
     chosen = labels != -100
     assert torch.equal(labels[chosen], blocks[chosen])
     assert not chosen[special].any() and torch.equal(inputs[special], blocks[special])
@@ -78,14 +99,14 @@ def test_masking_rate_and_80_10_10_split(tokenizer):
     assert unchanged == pytest.approx(0.1 + 0.1 / V, abs=0.012)
     assert 1 - masked - unchanged == pytest.approx(0.1 - 0.2 / V, abs=0.012)
     # every non-special token is chosen at probability 1
-    assert torch.equal(mask_tokens(blocks, tokenizer, 1.0, g)[1] != -100, ~special)
+    assert torch.equal(mask_tokens(blocks, full_vocabulary(tokenizer), 1.0, g)[1] != -100, ~special)
 
 
 def test_masking_is_deterministic_under_a_seed(tokenizer):
     blocks = make_blocks(corpus(40), tokenizer, 16)
-    first = mask_tokens(blocks, tokenizer, 0.15, torch.Generator().manual_seed(7))
-    again = mask_tokens(blocks, tokenizer, 0.15, torch.Generator().manual_seed(7))
-    other = mask_tokens(blocks, tokenizer, 0.15, torch.Generator().manual_seed(8))
+    first = mask_tokens(blocks, full_vocabulary(tokenizer), 0.15, torch.Generator().manual_seed(7))
+    again = mask_tokens(blocks, full_vocabulary(tokenizer), 0.15, torch.Generator().manual_seed(7))
+    other = mask_tokens(blocks, full_vocabulary(tokenizer), 0.15, torch.Generator().manual_seed(8))
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not torch.equal(first[1], other[1])
 
@@ -97,7 +118,7 @@ def non_embedding_by_hand(h: int, layers: int, inter: int) -> int:
 
 def test_dense_run_learns_and_counts(tokenizer):
     config = PretrainConfig(**{**TINY, "hidden_size": 32, "intermediate_size": 64}, steps=60, learning_rate=5e-3)
-    initial = evaluate(build_model(config, V), make_blocks(corpus(40, 1), tokenizer, 16), tokenizer, config)
+    initial = evaluate(build_model(config, V), make_blocks(corpus(40, 1), tokenizer, 16), full_vocabulary(tokenizer), config)
     assert initial == pytest.approx(math.log(V), abs=0.1)  # near-uniform predictions at init
     rng, threads = torch.random.get_rng_state(), torch.get_num_threads()
     result = pretrain(corpus(200), corpus(40, 1), tokenizer, config, threads=1)
@@ -105,7 +126,7 @@ def test_dense_run_learns_and_counts(tokenizer):
     assert result.eval_loss < initial - 1.5
     # the eval masks do not depend on the run's seed: the same tokens are scored in every run
     eval_blocks = make_blocks(corpus(40, 1), tokenizer, 16)
-    assert evaluate(result.model, eval_blocks, tokenizer, replace(config, seed=5)) == result.eval_loss
+    assert evaluate(result.model, eval_blocks, full_vocabulary(tokenizer), replace(config, seed=5)) == result.eval_loss
     assert (result.steps, result.sequences_seen, result.tokens_seen) == (60, 60 * 8, 60 * 8 * 16)
     assert [entry.step for entry in result.log] == list(range(1, 61))
     assert [entry.lr for entry in result.log[:3]] == pytest.approx([2.5e-3, 5e-3, 5e-3])

@@ -12,10 +12,10 @@ pytestmark = pytest.mark.workflow
 
 SCALING = {"model": "tiny", "task": "toy", "widths": [16, 32], "heads": 2, "sparsities": [0.0, 0.75],
            "steps": [20, 40], "max_length": 16, "batch_size": 8, "warmup_steps": 2, "gmp_frequency": 2,
-           "fit": {"starts": 5, "bootstrap": 4}}
+           "vocab_size": 16, "fit": {"starts": 5, "bootstrap": 4}}
 ABRUPT = {"model": "tiny", "task": "toy", "fractions": [1.0, 0.6], "width": 16, "heads": 2, "steps": 30,
           "max_length": 16, "batch_size": 8, "warmup_steps": 3, "checkpoint_every": 10, "taus": [0.01, 0.05],
-          "downstream": {"recipe": "quick", "sparsities": [0.0, 0.5]}}
+          "vocab_size": 16, "downstream": {"recipe": "quick", "sparsities": [0.0, 0.5]}}
 
 
 @pytest.fixture(scope="module")
@@ -65,5 +65,7 @@ def test_abrupt_sparsification_tables_and_figure(workdir):
     assert essential["essential_sparsity"].isin([0.0, 0.5]).all()
     for suffix in ("png", "pdf"):
         assert (workdir / f"results/figures/abrupt_sparsification.{suffix}").stat().st_size > 1000
+    model = workdir / "results/abrupt/pretrain/f0.6/model"
+    assert (model / "vocab_mapping.safetensors").exists()  # 16 of the tokenizer's 23 pieces: downstream maps ids
     checkpoints = sorted((workdir / "results/abrupt/pretrain/f0.6/checkpoints").iterdir())
     assert [path.name for path in checkpoints] == [f"step{step:06d}.safetensors" for step in (0, 10, 20, 30)]

@@ -28,7 +28,9 @@ DVC = str(BIN / "dvc")
 PROJECT = ["Snakefile", "workflow", "src/sparselab", "environment.yml", "dvc.yaml", ".dvc/config", ".dvc/.gitignore",
            ".dvcignore", ".gitignore", "Makefile", "pyproject.toml", "requirements.lock"]
 GIT_ID = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
-SUMMARY = {("aggregate", ""), ("study_table", "study=curve"), ("study_figure", "study=curve"), ("all", "")}
+# and the mask analysis, which reads every sparse checkpoint of the study
+SUMMARY = {("aggregate", ""), ("study_table", "study=curve"), ("study_figure", "study=curve"), ("mask_analysis", ""),
+           ("all", "")}
 
 
 def call(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -47,6 +47,7 @@ class PretrainConfig:
     sparsity > 0 prunes the encoder's Linear weights with gmp (the same sparsity in every matrix,
     cubic ramp from gmp_start to gmp_end of training, masks updated every gmp_frequency steps).
     checkpoint_every saves the prunable weights every that many steps (None: no checkpoints).
+    vocab_size keeps the corpus' most frequent word pieces (None: the tokenizer's whole vocabulary).
     """
 
     hidden_size: int = 64
@@ -66,6 +67,7 @@ class PretrainConfig:
     gmp_end: float = 0.75
     gmp_frequency: int = 10
     checkpoint_every: int | None = None
+    vocab_size: int | None = None
     seed: int = 0
     precision: str = "fp32"
 
@@ -90,6 +92,8 @@ class PretrainConfig:
                f"a number in [gmp_start={self.gmp_start}, 1]")
         _check(self, "checkpoint_every", self.checkpoint_every is None
                or (_is_int(self.checkpoint_every) and self.checkpoint_every >= 1), "None or an integer >= 1")
+        _check(self, "vocab_size", self.vocab_size is None or (_is_int(self.vocab_size) and self.vocab_size >= 16),
+               "None (the tokenizer's) or an integer >= 16")
         _check(self, "seed", _is_int(self.seed) and self.seed >= 0, "an integer >= 0")
         _check(self, "precision", self.precision in PRECISIONS, ", ".join(PRECISIONS))
 
@@ -136,6 +140,43 @@ class PretrainResult:
     checkpoints: list[Path]
     model: BertForMaskedLM = field(repr=False)
     masks: dict[str, torch.Tensor] | None = field(repr=False)  # True = kept; None for a dense run
+    vocab: Vocabulary | None = field(default=None, repr=False)  # the ids the model reads
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The token ids a run trains on: the tokenizer's own, or the corpus' `size` most frequent.
+
+    A tiny model with BERT's 30k word pieces spends its first hundreds of steps learning unigram
+    frequencies, and most of its parameters and step time in the embeddings and the output layer;
+    keeping the most frequent pieces of the training corpus (the special tokens always, every
+    other id mapped to [UNK]) lets short runs learn more than frequencies.
+    """
+
+    size: int
+    special_ids: list[int]  # in the run's ids
+    mask_id: int
+    mapping: torch.Tensor | None  # (tokenizer ids,) tokenizer id -> run id; None: the identity
+
+    @classmethod
+    def from_corpus(cls, tokenizer: PreTrainedTokenizerBase, blocks: torch.Tensor, size: int | None) -> Vocabulary:
+        special = sorted(set(tokenizer.all_special_ids))
+        if size is None or size >= len(tokenizer):
+            return cls(len(tokenizer), special, tokenizer.mask_token_id, None)
+        if size <= len(special):
+            raise ValueError(f"vocab_size={size} leaves no room beside the {len(special)} special tokens "
+                             f"(allowed: more than {len(special)})")
+        counts = torch.bincount(blocks.flatten(), minlength=len(tokenizer)).double()
+        counts[special] = -1.0
+        frequent = torch.argsort(counts, descending=True, stable=True)[: size - len(special)]  # ties: lower id
+        kept = torch.tensor(special + sorted(frequent.tolist()))
+        mapping = torch.full((len(tokenizer),), special.index(tokenizer.unk_token_id), dtype=torch.long)
+        mapping[kept] = torch.arange(size)
+        return cls(size, list(range(len(special))), special.index(tokenizer.mask_token_id), mapping)
+
+    def encode(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Tokenizer ids -> the run's ids (rare pieces become [UNK])."""
+        return blocks if self.mapping is None else self.mapping[blocks]
 
 
 def build_model(config: PretrainConfig, vocab_size: int) -> BertForMaskedLM:
@@ -175,7 +216,7 @@ def make_blocks(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_le
 
 
 def mask_tokens(
-    blocks: torch.Tensor, tokenizer: PreTrainedTokenizerBase, probability: float, generator: torch.Generator,
+    blocks: torch.Tensor, vocab: Vocabulary, probability: float, generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's MLM corruption of (n, L) token ids: (inputs, labels), both (n, L).
 
@@ -184,11 +225,11 @@ def mask_tokens(
     create_pretraining_data), and stays itself with 0.1. labels hold the original id where chosen
     and -100 elsewhere. Deterministic given the generator's state (a CPU generator).
     """
-    special = torch.isin(blocks, torch.tensor(tokenizer.all_special_ids))
+    special = torch.isin(blocks, torch.tensor(vocab.special_ids))
     chosen = (torch.rand(blocks.shape, generator=generator) < probability) & ~special  # (n, L)
     split = torch.rand(blocks.shape, generator=generator)  # < 0.8: [MASK]; [0.8, 0.9): random; else kept
-    random_ids = torch.randint(len(tokenizer), blocks.shape, generator=generator)
-    inputs = torch.where(chosen & (split < 0.8), tokenizer.mask_token_id, blocks)
+    random_ids = torch.randint(vocab.size, blocks.shape, generator=generator)
+    inputs = torch.where(chosen & (split < 0.8), vocab.mask_id, blocks)
     inputs = torch.where(chosen & (split >= 0.8) & (split < 0.9), random_ids, inputs)
     return inputs, torch.where(chosen, blocks, IGNORE)
 
@@ -211,12 +252,11 @@ def learning_rate_at(step: int, config: PretrainConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: BertForMaskedLM, blocks: torch.Tensor, tokenizer: PreTrainedTokenizerBase,
-             config: PretrainConfig) -> float:
+def evaluate(model: BertForMaskedLM, blocks: torch.Tensor, vocab: Vocabulary, config: PretrainConfig) -> float:
     """Mean MLM loss over every masked token of `blocks`, masked with EVAL_MASK_SEED (so the same
     tokens in every run), in batches of config.batch_size on the model's device."""
     generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
-    inputs, labels = mask_tokens(blocks, tokenizer, config.mlm_probability, generator)
+    inputs, labels = mask_tokens(blocks, vocab, config.mlm_probability, generator)
     device, was_training = next(model.parameters()).device, model.training
     model.eval()
     total = 0.0
@@ -309,8 +349,10 @@ def _pretrain(texts: Sequence[str], eval_texts: Sequence[str], tokenizer: PreTra
               config: PretrainConfig, checkpoint_dir: str | Path | None, device: torch.device,
               start: float) -> PretrainResult:
     train_blocks = make_blocks(texts, tokenizer, config.max_length)  # (blocks, L)
-    eval_blocks = make_blocks(eval_texts, tokenizer, config.max_length)
-    model = build_model(config, len(tokenizer)).to(device).train()
+    vocab = Vocabulary.from_corpus(tokenizer, train_blocks, config.vocab_size)
+    train_blocks = vocab.encode(train_blocks)
+    eval_blocks = vocab.encode(make_blocks(eval_texts, tokenizer, config.max_length))
+    model = build_model(config, vocab.size).to(device).train()
     prunable = select_prunable(model, [PRUNABLE], [])
     sparsifier = None
     if config.sparsity > 0:
@@ -333,7 +375,7 @@ def _pretrain(texts: Sequence[str], eval_texts: Sequence[str], tokenizer: PreTra
         lr = learning_rate_at(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, labels = mask_tokens(train_blocks[next(batches)], tokenizer, config.mlm_probability, generator)
+        inputs, labels = mask_tokens(train_blocks[next(batches)], vocab, config.mlm_probability, generator)
         loss = _train_step(model, inputs.to(device), labels.to(device), optimizer, sparsifier, step, config.precision)
         masks = sparsifier.masks if sparsifier is not None else None
         log.append(StepLog(step + 1, loss.item(), lr, _pruned(masks) / prunable_total))
@@ -346,7 +388,7 @@ def _pretrain(texts: Sequence[str], eval_texts: Sequence[str], tokenizer: PreTra
 
     masks = sparsifier.masks if sparsifier is not None else None
     non_embedding = sum(p.numel() for p in non_embedding_parameters(model))
-    eval_loss = evaluate(model, eval_blocks, tokenizer, config)
+    eval_loss = evaluate(model, eval_blocks, vocab, config)
     tail = max(1, config.steps // 10)
     return PretrainResult(
         eval_loss=eval_loss,
@@ -362,4 +404,5 @@ def _pretrain(texts: Sequence[str], eval_texts: Sequence[str], tokenizer: PreTra
         checkpoints=checkpoints,
         model=model,
         masks=masks,
+        vocab=vocab,
     )

@@ -8,26 +8,27 @@
   sparsity of each final model fine-tuned on the downstream task.
 
 The corpus is the training split of one task of params.yaml (its texts; labels unused), the
-validation split gives the evaluation loss, and the tokenizer is one model's of params.yaml.
+validation split gives the evaluation loss, and the tokenizer is one model's of params.yaml (its
+`vocab_size` most frequent pieces in the corpus).
 Units of the fit: N in millions of non-zero non-embedding parameters, D in millions of tokens.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from sparselab.aggregate import write_csv
-from sparselab.batches import encode
+from sparselab.batches import Encoded, encode
 from sparselab.data import load_split, load_task
 from sparselab.evaluate import task_metrics
 from sparselab.fetch import verify_record
 from sparselab.figures import abrupt_sparsification_figure, scaling_law_figure
 from sparselab.finetune import recipe_from_config, train
-from sparselab.io import atomic_path, load_tensors, read_json, write_json
+from sparselab.io import atomic_path, load_tensors, read_json, save_tensors, write_json
 from sparselab.mask_analysis import small_weight_share
 from sparselab.masks import Structure, build_masks
 from sparselab.modeling import configure_threads, load_classifier, load_tokenizer, pick_device
@@ -35,6 +36,9 @@ from sparselab.pretrain import PRUNABLE, PretrainConfig, data_fraction, pretrain
 from sparselab.prunable import select_prunable
 from sparselab.scaling_law import bootstrap, fit, law
 from sparselab.sparsifiers import FixedMask
+
+# Beside a pre-trained model with a compact vocabulary: tokenizer id -> model id.
+VOCAB_FILE = "vocab_mapping.safetensors"
 
 
 def corpus(data_dir: Path, split: str) -> list[str]:
@@ -106,6 +110,8 @@ def abrupt_pretrain_stage(model_dir: Path, data_dir: Path, out_dir: Path, fracti
         write_csv(pd.DataFrame(rows), tmp / "shares.csv")
         result.model.save_pretrained(str(tmp / "model"))
         tokenizer.save_pretrained(str(tmp / "model"))
+        if result.vocab.mapping is not None:  # the model reads the run's ids, not the tokenizer's
+            save_tensors(tmp / "model" / VOCAB_FILE, {"mapping": result.vocab.mapping})
         write_json(tmp / "pretrain.json", {"fraction": fraction, "texts": len(texts), "eval_loss": result.eval_loss,
                                            "train_loss": result.train_loss, "wall_seconds": result.wall_seconds})
 
@@ -120,7 +126,8 @@ def abrupt_downstream_stage(pretrained_dir: Path, data_dir: Path, out_dir: Path,
     task = load_task(data_dir)
     parsed = recipe_from_config(recipe)
     tokenizer = load_tokenizer(pretrained_dir)
-    encoded = {split: encode(rows, tokenizer, task["text_fields"], parsed.max_length, task["labels"] is None)
+    encoded = {split: _in_run_ids(encode(rows, tokenizer, task["text_fields"], parsed.max_length,
+                                         task["labels"] is None), pretrained_dir)
                for split, rows in (("train", load_split(data_dir, "train")[: parsed.max_train_examples]),
                                    ("eval", load_split(data_dir, task["eval_split"])))}
     device, headline = pick_device(), task["metrics"][0]
@@ -142,6 +149,15 @@ def abrupt_downstream_stage(pretrained_dir: Path, data_dir: Path, out_dir: Path,
         within = [point["sparsity"] for point in curve if point["value"] >= dense - epsilon]
         write_json(tmp / "record.json", {"curve": curve, "dense_value": dense, "epsilon": epsilon,
                                          "essential_sparsity": max(within)})
+
+
+def _in_run_ids(data: Encoded, pretrained_dir: Path) -> Encoded:
+    """Tokenizer ids -> the ids the pre-trained model reads (its compact vocabulary), if it has one."""
+    if not (pretrained_dir / VOCAB_FILE).exists():
+        return data
+    mapping = load_tensors(pretrained_dir / VOCAB_FILE)["mapping"]
+    return replace(data, input_ids=[mapping[torch.tensor(ids)].tolist() for ids in data.input_ids],
+                   pad_token_id=int(mapping[data.pad_token_id]))
 
 
 def abrupt_sparsification_stage(runs: list[Path], downstream: list[Path], shares_csv: Path, essential_csv: Path,

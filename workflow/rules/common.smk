@@ -158,7 +158,7 @@ def analysis_outputs(name=None):
 SCALING = config.get("scaling_law")
 ABRUPT = config.get("abrupt_sparsification")
 # Pre-training settings shared by every grid point (the grid's lists and the fit are not).
-PRETRAIN_KEYS = ["layers", "heads", "batch_size", "max_length", "learning_rate", "warmup_steps", "seed"]
+PRETRAIN_KEYS = ["layers", "heads", "batch_size", "max_length", "learning_rate", "warmup_steps", "vocab_size", "seed"]
 
 
 def scaling_records():
