@@ -18,12 +18,13 @@ from sparselab.batches import CalibrationData, encode
 from sparselab.config import build_method
 from sparselab.data import load_split, load_task
 from sparselab.evaluate import count_zeros, latency_ms, task_metrics
-from sparselab.fetch import verify_record
+from sparselab.fetch import RECORD_NAME, sha256_file, verify_record
 from sparselab.finetune import recipe_from_config, train
 from sparselab.io import atomic_path, load_masks, load_tensors, read_json, save_compact, save_masks, save_tensors, write_json
 from sparselab.masks import Structure, build_masks, sparsity_report
 from sparselab.modeling import CHECKPOINT_FILE, configure_threads, load_classifier, load_finetuned, load_tokenizer, pick_device
 from sparselab.prunable import select_prunable
+from sparselab.resume import Checkpointing, state_path
 from sparselab.scoring import ScoringContext
 from sparselab.sparsifiers import FixedMask, Sparsifier, Target
 
@@ -99,6 +100,11 @@ def finetune_stage(
 
     With `mask_path` the prune stage's mask is held fixed; with `during_training` a sparsifier
     prunes on its schedule; with neither the run is dense.
+
+    The run is resumable (sparselab.resume): its state is saved in out_dir/.resume/ every
+    `recipe.checkpoint_every` steps and when SIGTERM or SIGUSR1 stops it (it then exits with
+    TrainingInterrupted and writes no output); the next run continues from there, and the state is
+    removed once the outputs are written.
     """
     configure_threads(threads)
     verify_record(model_dir)
@@ -112,8 +118,15 @@ def finetune_stage(
     model = load_classifier(model_dir, task, seed, trust_remote_code=trust_remote_code).to(device)
     sparsifier = build_sparsifier(model, mask_path, during_training)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # what else makes the run (train adds the recipe, seed, data size and sparsifier settings)
+    checkpointing = Checkpointing(state_path(out_dir), parsed_recipe.checkpoint_every, {
+        "during_training": during_training,
+        "mask": sha256_file(mask_path) if mask_path is not None else None,
+        "model": sha256_file(model_dir / RECORD_NAME),
+        "data": sha256_file(data_dir / RECORD_NAME),
+    })
     with atomic_path(out_dir / "train_log.csv") as log_tmp:
-        result = train(model, data, parsed_recipe, seed, device, log_tmp, sparsifier)
+        result = train(model, data, parsed_recipe, seed, device, log_tmp, sparsifier, checkpointing)
     model.to("cpu")
     with atomic_path(out_dir / "config.json") as config_tmp:
         model.config.to_json_file(str(config_tmp))
@@ -130,6 +143,7 @@ def finetune_stage(
         "threads": threads,
         "torch": torch.__version__,
     })
+    checkpointing.clear()
 
 
 def _evaluation_record(

@@ -2,6 +2,9 @@
 # sparsifier (gmp, ...), or densely (the dense run). A GPU job on a cluster.
 # Priorities: scoring and pruning first (cheap, they unlock fine-tunes), then fine-tunes, then
 # evaluations, so that short jobs fill the end of a run instead of one long job on one core.
+# Resumable: the job saves its training state in results/finetune/{run}/.resume/ (not an output)
+# every recipe.checkpoint_every steps and when SIGTERM/SIGUSR1 stops it (a SLURM time limit or
+# preemption), then fails; its next run (a retry, a requeue or a rerun) continues from that state.
 
 
 rule finetune:

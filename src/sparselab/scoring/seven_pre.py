@@ -55,6 +55,7 @@ class SevenState:
         self.v: torch.Tensor | None = None
         self.score: torch.Tensor | None = None
         self.steps = 0
+        self._flat: tuple[torch.Tensor, torch.Tensor] | None = None  # gather buffers, made at the first update
 
     @property
     def m_hat(self) -> torch.Tensor:
@@ -75,9 +76,10 @@ class SevenState:
         kernel each, whatever the number of matrices), then updated by one fused kernel: on a
         GPU a step is bound by launches, and one compiled call per matrix costs ~4x more there.
         """
+        numel, device = sum(w.numel() for w in weights), weights[0].device
         if self.steps == 0:
-            numel, device = sum(w.numel() for w in weights), weights[0].device
             self.m, self.v, self.score = (torch.zeros(numel, device=device) for _ in range(3))
+        if self.steps == 0 or self._flat is None:  # also after load_state_dict
             self._flat = (torch.empty(numel, device=device, dtype=weights[0].dtype),
                           torch.empty(numel, device=device, dtype=grads[0].dtype))
         flat_weights, flat_grads = self._flat
@@ -89,6 +91,20 @@ class SevenState:
         eps = torch.tensor(self.eps * root_c2, device=self.score.device)
         _seven_step(flat_weights, flat_grads, self.m, self.v, self.score, self.a1, self.a2, scale, eps)
         return self.score
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """m, v, score (when updated once at least) and the update count, for a resumable checkpoint."""
+        state: dict[str, torch.Tensor | int] = {"steps": self.steps}
+        if self.steps:
+            state.update(m=self.m, v=self.v, score=self.score)
+        return state
+
+    def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
+        """Continue from `state_dict`'s values (moved to `device`); the next update goes on bit for bit."""
+        self.steps = int(state["steps"])
+        self.m, self.v, self.score = (state[key].to(device, torch.float32, copy=True) if self.steps else None
+                                      for key in ("m", "v", "score"))
+        self._flat = None
 
 
 @SCORERS.register("seven_pre")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -101,6 +101,18 @@ class Sparsifier(Configurable, ABC):
         with torch.no_grad():
             for name, weight in self.prunable.items():
                 weight.mul_(self._multipliers[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sparsifier's state during training, for a resumable checkpoint: tensors and
+        JSON-able values by name. With the model, optimizer and step counter it is all that
+        `load_state_dict` needs to continue, bit for bit, in a sparsifier attached to a fresh copy
+        of the model and begun (`begin`) for the same number of steps. Here: the masks (bool)."""
+        return {f"mask/{name}": mask for name, mask in self.masks.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (after `begin`, on the model's device)."""
+        self.masks = {name: state[f"mask/{name}"].to(device=weight.device, dtype=torch.bool)
+                      for name, weight in self.prunable.items()}
 
     def finalize(self) -> None:
         """Called after training: leave a plain model whose pruned weights are exactly +0.0 (a

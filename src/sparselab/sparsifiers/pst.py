@@ -145,6 +145,16 @@ class PSTGroup:
         self._cache = (self._versions(), effective, effective * self.mask)
         self._outputs = None
 
+    @torch.no_grad()
+    def restore(self, mask: torch.Tensor) -> None:
+        """Set `mask` (0/1 in the weights' dtype) as the current mask with the cache that `refresh`
+        would have left for it (resuming a run: the same W' computed the same way)."""
+        with _float32(self.weight.device):
+            effective, _ = _effective_and_scores(self.weight, self.U, self.V, *extend(self.A, self.B, self.R, self.C))
+        self.mask = mask
+        self._cache = (self._versions(), effective, effective * self.mask)
+        self._outputs = None
+
     def _versions(self) -> tuple[int, int, int]:
         return self.weight._version, self.U._version, self.V._version
 
@@ -321,6 +331,25 @@ class ParameterEfficientSparseTraining(Sparsifier):
     def begin(self, total_steps: int) -> None:
         self.total_steps = total_steps
         self.update_masks(self.scheduled_sparsity(0))
+
+    def state_dict(self) -> dict:
+        """U, V, A, B, R, C and the mask (bool) of every group, and the current sparsity (the
+        frozen W and the head are the model's). While attached only: after finalize there is none."""
+        state: dict = {"sparsity": self.sparsity}
+        for number, group in enumerate(self._groups):
+            for letter in "UVABRC":
+                state[f"group{number}/{letter}"] = getattr(group, letter).detach()
+            state[f"group{number}/mask"] = group.mask.bool()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict`'s values in place (the optimizer keeps its parameters)."""
+        self.sparsity = state["sparsity"]
+        for number, group in enumerate(self._groups):
+            with torch.no_grad():
+                for letter in "UVABRC":
+                    getattr(group, letter).copy_(state[f"group{number}/{letter}"])
+            group.restore(state[f"group{number}/mask"].to(device=group.mask.device, dtype=group.mask.dtype))
 
     def after_backward(self, step: int) -> None:
         """Nothing to mask: W is frozen and the PST parameters are dense."""

@@ -72,6 +72,16 @@ class SevenDynamic(Sparsifier):
         # one state over all prunable weights, flat (N,): the global top-k needs no copy
         self.state = SevenState(float(self.hyper["a1"]), float(self.hyper["a2"]))
 
+    def state_dict(self) -> dict:
+        """The masks and SEVEN's running statistics (EMAs, scores with the pruned ones at -1)."""
+        return {**super().state_dict(), **{f"seven/{key}": value for key, value in self.state.state_dict().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        device = next(iter(self.prunable.values())).device
+        self.state.load_state_dict({key[len("seven/"):]: value for key, value in state.items()
+                                    if key.startswith("seven/")}, device)
+
     def _in_window(self, step: int) -> bool:
         start, length = self.window()
         return start <= step < start + length
