@@ -36,10 +36,12 @@ PRUNABLE = [r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention
 def busiest(name: str, total_steps: int) -> dict:
     """Hyper-parameters that keep a sparsifier at its busiest over a run of `total_steps`: gmp and
     pst ramp from 0 to the target over the whole run and select a new mask every step, seven_dyn
-    accumulates scores and selects a global top-k every step of a window as long as the run."""
+    accumulates scores and selects a global top-k every step of a window as long as the run, acdc
+    alternates sparse and dense steps (a new magnitude mask every other step)."""
     return {"gmp": {"start": 0.0, "end": 1.0, "frequency": 1},
             "seven_dyn": {"window_start": 0, "window_length": total_steps},
-            "pst": {"start": 0.0, "end": 1.0}}.get(name, {})
+            "pst": {"start": 0.0, "end": 1.0},
+            "acdc": {"warmup": 0.0, "phase": 1 / total_steps, "final": 1 / total_steps}}.get(name, {})
 
 
 SETUPS = {"pst": "layerwise"}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 
 import pytest
 import torch
 
+from sparselab import modeling
 from sparselab.batches import Encoded
 from sparselab.finetune import Recipe, lr_factor, train
 from sparselab.masks import Structure, build_masks
@@ -92,3 +95,39 @@ def test_bf16_autocast_keeps_masks_exact(tiny_bert, bert_prunable, tmp_path):
     for name, mask in sparsifier.masks.items():
         assert params[name].dtype == torch.float32
         assert (params[name][~mask] == 0).all()
+
+
+def test_gpu_job_on_a_node_without_cuda_runs_on_cpu(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="sparselab.modeling"):
+        assert modeling.pick_device() == torch.device("cpu")
+    assert "CUDA is not available: running on CPU" in caplog.text
+
+
+def test_cuda_present_but_unusable_falls_back_to_cpu(monkeypatch, caplog):
+    """A driver that is there but fails (a busy or broken device) must not fail the job."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_zeros = torch.zeros
+
+    def zeros(*args, device=None, **kwargs):
+        if device == "cuda":
+            raise RuntimeError("CUDA error: no CUDA-capable device is detected\nmore detail")
+        return real_zeros(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", zeros)
+    with caplog.at_level(logging.WARNING, logger="sparselab.modeling"):
+        assert modeling.pick_device() == torch.device("cpu")
+    assert "CUDA is present but not usable (CUDA error: no CUDA-capable device is detected): running on CPU" \
+        in caplog.text
+
+
+def test_bf16_on_a_gpu_without_it_computes_in_fp32(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    modeling._bf16_unsupported.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="sparselab.modeling"):
+            assert isinstance(modeling.autocast(torch.device("cuda"), "bf16"), contextlib.nullcontext)
+        assert "no bf16 arithmetic" in caplog.text
+        assert isinstance(modeling.autocast(torch.device("cpu"), "bf16"), torch.autocast)
+    finally:
+        modeling._bf16_unsupported.cache_clear()

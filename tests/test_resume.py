@@ -35,7 +35,7 @@ from sparselab.sparsifiers import SPARSIFIERS
 # Dropout is on (the tiny BERT's 0.1), so torch's RNG state matters as much as the data order's.
 RECIPE = Recipe(epochs=2.5, batch_size=8, learning_rate=1e-3, weight_decay=0.01, warmup_ratio=0.2)
 HYPER = {"gmp": {"frequency": 2, "start": 0.1, "end": 0.8}, "seven_dyn": {"window_start": 2, "window_length": 8},
-         "pst": {"rank_w": 2, "rank_m": 2}}
+         "pst": {"rank_w": 2, "rank_m": 2}, "acdc": {"warmup": 0.1, "phase": 0.2, "final": 0.2}}
 KINDS = ["dense", "fixed", *SPARSIFIERS.names()]
 DECLARED = ["model.compact.safetensors", "config.json", "train_log.csv", "train_metrics.json"]
 
@@ -71,11 +71,11 @@ def stop_after(monkeypatch, steps: int, signum: int) -> None:
     """Send `signum` to this process during optimizer step number `steps` (1-based)."""
     real = finetune.training_step
 
-    def step_then_signal(model, batch, optimizer, sparsifier, step, precision):
-        loss = real(model, batch, optimizer, sparsifier, step, precision)
+    def step_then_signal(model, batch, optimizer, sparsifier, step, *args):
+        losses = real(model, batch, optimizer, sparsifier, step, *args)
         if step + 1 == steps:
             os.kill(os.getpid(), signum)  # the real handler: it only sets the flag
-        return loss
+        return losses
 
     monkeypatch.setattr(finetune, "training_step", step_then_signal)
 

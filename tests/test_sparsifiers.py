@@ -26,7 +26,8 @@ def attached(name, model, prunable, sparsity=0.6, allocation=None, **hyper):
 
 
 # Hyper-parameters that fit the 12-step toy runs below (defaults are sized for real runs).
-TOY_HYPER = {"gmp": {"frequency": 2}, "seven_dyn": {"window_start": 2, "window_length": 6}}
+TOY_HYPER = {"gmp": {"frequency": 2}, "seven_dyn": {"window_start": 2, "window_length": 6},
+             "acdc": {"warmup": 0.1, "phase": 0.2, "final": 0.3}}
 
 
 @pytest.mark.parametrize("name", SPARSIFIERS.names())

@@ -97,7 +97,7 @@ def test_masks_reports_and_checkpoints_agree(workdir):
     nested = load_masks(masks_dir / "global-unstructured/s0.5/seed0/mask.safetensors")
     assert all(bool((masks[n] <= nested[n]).all()) for n in masks)
     log = pd.read_csv(run / "train_log.csv")
-    assert list(log.columns) == ["step", "epoch", "loss", "learning_rate", "seconds"] and len(log) > 0
+    assert list(log.columns) == ["step", "epoch", "loss", "task_loss", "learning_rate", "seconds"] and len(log) > 0
 
 
 def test_rerun_does_nothing_and_one_sparsity_reruns_its_chain(workdir, tmp_path):

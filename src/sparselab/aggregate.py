@@ -12,11 +12,12 @@ from sparselab.io import atomic_path, read_json, write_json
 CURVE = ["model", "task", "method", "allocation", "structure", "recipe"]
 
 
-def collect_runs(runs: list[tuple[Run, list[str]]]) -> pd.DataFrame:
+def collect_runs(runs: list[tuple[Run, list[str]]], recipes: dict) -> pd.DataFrame:
     """Rows of (run, stage, metric, value) with the dense value of the same model/task/recipe/seed.
 
-    `runs` pairs each run with its evaluated stages (during-training methods have no `pruned`).
-    Paths are relative to the working directory (the workflow's), as the path grammar states.
+    `runs` pairs each run with its evaluated stages (during-training methods have no `pruned`);
+    `recipes` maps each recipe to its epochs_multiplier (the row's `budget`) and distillation (or
+    None): whether the row's run distils. Paths are relative to the working directory (the workflow's), as the path grammar states.
     """
     rows = []
     for run, stages in runs:
@@ -36,6 +37,11 @@ def collect_runs(runs: list[tuple[Run, list[str]]]) -> pd.DataFrame:
                     "nonzero_params": record["nonzero_params"],
                     "latency_ms": record["latency_ms"],
                     "wall_seconds": record["wall_seconds"],
+                    "final_train_loss": record.get("final_train_loss"),
+                    "final_task_loss": record.get("final_task_loss"),
+                    "dense_task_loss": dense.get("final_task_loss"),
+                    "budget": recipes[run.recipe]["epochs_multiplier"],
+                    "distilled": recipes[run.recipe]["distillation"] is not None,
                 })
     return pd.DataFrame(rows)
 
@@ -82,17 +88,18 @@ def runs_from_params(runs: list[dict]) -> list[tuple[Run, list[str]]]:
     return [(Run(**{k: v for k, v in r.items() if k != "stages"}), r["stages"]) for r in runs]
 
 
-def aggregate_stage(runs: list[dict], runs_csv: Path, curves_csv: Path, metrics_json: Path, epsilon: float) -> None:
+def aggregate_stage(runs: list[dict], recipes: dict, runs_csv: Path, curves_csv: Path, metrics_json: Path,
+                    epsilon: float) -> None:
     """Write results/tables/runs.csv, results/tables/curves.csv (the essential sparsity of every
     curve) and results/metrics.json, over every run of every study."""
-    table = collect_runs(runs_from_params(runs))
+    table = collect_runs(runs_from_params(runs), recipes)
     essential = essential_sparsity(table, epsilon)
     write_csv(table, runs_csv)
     write_csv(essential, curves_csv)
     write_json(metrics_json, headline_metrics(essential))
 
 
-def study_table_stage(runs: list[dict], table_csv: Path) -> None:
+def study_table_stage(runs: list[dict], recipes: dict, table_csv: Path) -> None:
     """Write results/tables/<study>.csv: the rows of collect_runs for the study's runs only, so a
     study's figure needs no run of another study."""
-    write_csv(collect_runs(runs_from_params(runs)), table_csv)
+    write_csv(collect_runs(runs_from_params(runs), recipes), table_csv)

@@ -10,13 +10,15 @@ import torch
 
 @dataclass
 class Encoded:
-    """A tokenized split: one list of token ids per example, plus labels (int or float)."""
+    """A tokenized split: one list of token ids per example, plus labels (int or float), and for a
+    distilled run the teacher's logits of every example, (examples, classes)."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
     labels: list[float]
     pad_token_id: int
     regression: bool
+    teacher_logits: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,7 +43,8 @@ def encode(rows: list[dict], tokenizer, text_fields: list[str], max_length: int,
 
 
 def collate(data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
-    """Pad the chosen examples to the longest among them. Returns (batch, length) tensors + labels."""
+    """Pad the chosen examples to the longest among them. Returns (batch, length) tensors + labels
+    (+ the examples' teacher logits, (batch, classes), when `data` has them)."""
     length = max(len(data.input_ids[i]) for i in indices)
     input_ids = torch.full((len(indices), length), data.pad_token_id, dtype=torch.long)
     token_type_ids = torch.zeros((len(indices), length), dtype=torch.long)
@@ -53,7 +56,10 @@ def collate(data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
         attention_mask[row, : len(ids)] = 1
     label_dtype = torch.float32 if data.regression else torch.long
     labels = torch.tensor([data.labels[i] for i in indices], dtype=label_dtype)
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
+    if data.teacher_logits is not None:
+        batch["teacher_logits"] = data.teacher_logits[indices]
+    return batch
 
 
 def iterate_batches(

@@ -41,6 +41,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 from sparselab.data import GLUE_TASKS, READERS
+from sparselab.finetune import RECIPE_PRESETS
 from sparselab.masks import ALLOCATIONS, Structure
 from sparselab.metrics import METRICS, metric_mismatch
 from sparselab.registry import Registry
@@ -107,6 +108,7 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     """
     schema = _load_schema(str(Path(schema_path).resolve()))
     filled = copy.deepcopy(config)
+    _resolve_recipes(filled)
     error = best_match(_DefaultFillingValidator(schema).iter_errors(filled))
     if error is not None:
         raise _from_schema_error(error) from None
@@ -118,6 +120,7 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     _check_mask_analysis(filled)
     _check_pretraining_studies(filled)
     _check_method_composition(filled)
+    _check_recipes(filled)
     _check_schedules_fit(filled)
     return filled
 
@@ -494,6 +497,88 @@ def _check_method_composition(config: dict) -> None:
                     )
 
 
+def _resolve_recipes(config: dict) -> None:
+    """Replace each recipe's `base` (another recipe) or `preset` (a built-in one) by the keys it
+    names, its own keys winning (`distillation` merged key by key), before the schema fills
+    defaults, so that a default never overrides an inherited value. Values of the wrong type are
+    left for the schema to report."""
+    recipes = config.get("recipes") if isinstance(config, dict) else None
+    if not isinstance(recipes, dict):
+        return
+    resolved: dict[str, dict] = {}
+
+    def resolve(name: str, chain: list[str]) -> dict:
+        entry = recipes[name]
+        if name in resolved or not isinstance(entry, dict):
+            return resolved.get(name, entry)
+        parts = ["recipes", name]
+        if "base" in entry and "preset" in entry:
+            raise _error(parts, entry["preset"], "is given with a base (a recipe starts from one of them)",
+                         "either base or preset")
+        parent: dict = {}
+        base, preset = entry.get("base"), entry.get("preset")
+        if isinstance(base, str):
+            if base not in recipes:
+                names = sorted(recipes)
+                raise _error(parts + ["base"], base, "is not a recipe defined under recipes", ", ".join(names),
+                             close=_close(base, names))
+            if base in chain + [name]:
+                raise _error(parts + ["base"], base, f"makes a loop ({' -> '.join(chain + [name, base])})",
+                             "a chain of bases that ends in a recipe without one")
+            parent = resolve(base, chain + [name])
+        elif isinstance(preset, str) and preset in RECIPE_PRESETS:
+            parent = RECIPE_PRESETS[preset]
+        own = dict(entry)  # without the keys resolved here (a bad value stays, for the schema to report)
+        if isinstance(base, str):
+            del own["base"]
+        if isinstance(preset, str) and preset in RECIPE_PRESETS:
+            del own["preset"]
+        merged = {**copy.deepcopy(parent), **own}
+        if isinstance(parent.get("distillation"), dict) and isinstance(own.get("distillation"), dict):
+            merged["distillation"] = {**parent["distillation"], **own["distillation"]}
+        resolved[name] = merged
+        return merged
+
+    for name in list(recipes):
+        recipes[name] = resolve(name, [])
+
+
+def _check_recipes(config: dict) -> None:
+    """A recipe has its required keys (given or inherited), a distilling recipe names a teacher
+    recipe that does not distil itself, and a cyclic learning rate meets only methods with pruning
+    steps."""
+    for name, recipe in config["recipes"].items():
+        for key in ("epochs", "batch_size", "learning_rate"):
+            if key not in recipe:
+                raise _error(["recipes", name], key, "is missing (neither given nor inherited from a base or preset)",
+                             "a recipe with epochs, batch_size and learning_rate, or a base or preset that has them")
+        distillation = recipe.get("distillation")
+        if distillation is None:
+            continue
+        teacher = distillation["teacher_recipe"]
+        parts = ["recipes", name, "distillation", "teacher_recipe"]
+        if teacher not in config["recipes"]:
+            names = sorted(config["recipes"])
+            raise _error(parts, teacher, "is not a recipe defined under recipes", ", ".join(names),
+                         close=_close(teacher, names))
+        if config["recipes"][teacher].get("distillation") is not None:
+            undistilled = sorted(n for n, r in config["recipes"].items() if r.get("distillation") is None)
+            raise _error(parts, teacher, "distils itself (the teacher is a dense run trained on the labels)",
+                         ", ".join(undistilled) or "a recipe without distillation")
+    for study_name, study in config["studies"].items():
+        for index, recipe_name in enumerate(study["recipes"]):
+            if config["recipes"][recipe_name].get("lr_schedule") != "cyclic":
+                continue
+            for method_name in study["methods"]:
+                method = config["methods"][method_name]
+                kind, registry = method_kind(method)
+                if getattr(registry.get(method[kind]), "changes_masks_every_step", False):
+                    raise _error(["studies", study_name, "recipes", index], recipe_name,
+                                 f"has lr_schedule 'cyclic', which restarts at each pruning step, but method "
+                                 f"{method_name!r} ({method[kind]}) changes its masks at every step",
+                                 "a recipe with lr_schedule linear or constant for this method")
+
+
 def _check_schedules_fit(config: dict) -> None:
     """A during-training schedule must fit in the run (SEVEN's window, say), checked here for
     recipes that cap their training examples: the run has at most that many steps. (With no cap
@@ -508,7 +593,8 @@ def _check_schedules_fit(config: dict) -> None:
                 recipe = config["recipes"][recipe_name]
                 if recipe.get("max_train_examples") is None:
                     continue
-                steps = total_training_steps(recipe["max_train_examples"], recipe["epochs"], recipe["batch_size"])
+                epochs = recipe["epochs"] * recipe.get("epochs_multiplier", 1)
+                steps = total_training_steps(recipe["max_train_examples"], epochs, recipe["batch_size"])
                 try:
                     sparsifier.check_steps(steps)
                 except ValueError as exc:

@@ -122,6 +122,43 @@ def method_comparison_figure(table: pd.DataFrame, epsilon: float, png: Path, pdf
     save_figure(fig, png, pdf)
 
 
+@FIGURES.register("recipes")
+def recipes_figure(table: pd.DataFrame, epsilon: float, png: Path, pdf: Path) -> None:
+    """The under-training analysis (methods.md section 4): per (model, task), the final training
+    loss on the labels (mean over the last epoch's steps) and the fine-tuned headline metric
+    against the budget (epochs_multiplier), one colour per sparsity, black for dense; solid trained
+    on the labels, dashed distilled from the dense teacher. Under-training shows as sparse losses
+    above the dense one at the dense budget, and a gap that shrinks with budget or distillation.
+    """
+    finetuned = table[table["stage"] == "finetuned"]
+    sparsities = sorted(s for s in finetuned["sparsity"].unique() if s > 0)
+    palette = dict(zip(sparsities, sns.color_palette("flare", len(sparsities))))
+    groups = list(finetuned.groupby(["model", "task"]))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4.5 * len(groups)), squeeze=False)
+    for row, ((model, task), panel) in zip(axes, groups):
+        dense = panel.groupby(["distilled", "budget"], as_index=False)[["dense_task_loss", "dense_value"]].mean()
+        sparse = panel[panel["sparsity"] > 0].groupby(["sparsity", "distilled", "budget"], as_index=False)[
+            ["final_task_loss", "value"]].mean()
+        for ax, (sparse_column, dense_column, label) in zip(row, (
+            ("final_task_loss", "dense_task_loss", "final training loss (labels)"),
+            ("value", "dense_value", panel["metric"].iloc[0]),
+        )):
+            for distilled, curve in dense.groupby("distilled"):
+                ax.plot(curve["budget"], curve[dense_column], color="k", marker="o", ls="--" if distilled else "-",
+                        label="dense" + (", distilled" if distilled else ""))
+            for (sparsity, distilled), curve in sparse.groupby(["sparsity", "distilled"]):
+                ax.plot(curve["budget"], curve[sparse_column], color=palette[sparsity], marker="o",
+                        ls="--" if distilled else "-",
+                        label=f"sparsity {sparsity:g}" + (", distilled" if distilled else ""))
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(panel["budget"].unique()), [f"{b:g}x" for b in sorted(panel["budget"].unique())])
+            ax.set_xlabel("training budget (epochs multiplier)")
+            ax.set_ylabel(label)
+            ax.set_title(f"{model} on {task}")
+        row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    save_figure(fig, png, pdf)
+
+
 def _heatmap(ax: plt.Axes, pairs: pd.DataFrame, title: str) -> None:
     """Kept-set cosine similarity between the labels of `pairs` (rows of mask_analysis.overlap_table)."""
     labels = list(dict.fromkeys([*pairs["a"], *pairs["b"]]))

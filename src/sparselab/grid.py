@@ -17,7 +17,7 @@ otherwise; {structure} is `unstructured` or `NofM` (2of4 for 2:4).
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from sparselab.config import NATIVE, native_allocation
 from sparselab.masks import Structure
@@ -107,6 +107,23 @@ def study_runs(study: dict, methods: dict) -> list[Run]:
 def expand_studies(config: dict) -> list[Run]:
     """Every run of every study, without duplicates, in a stable order."""
     return sorted({run for study in config["studies"].values() for run in study_runs(study, config["methods"])})
+
+
+def teacher_of(run: Run, recipes: dict) -> Run | None:
+    """The dense run that teaches `run` when its recipe distils (params.yaml `recipes`), else None:
+    the same model and task, the distillation's teacher recipe and seed. Every student of a model
+    and task shares it, so it is fine-tuned once."""
+    distillation = recipes[run.recipe].get("distillation")
+    if distillation is None:
+        return None
+    return replace(run, sparsity=0.0, recipe=distillation["teacher_recipe"], seed=distillation["teacher_seed"])
+
+
+def with_teachers(runs: list[Run], recipes: dict) -> list[Run]:
+    """`runs` and the teachers of their distilled runs (and of their dense runs)."""
+    students = [*runs, *(replace(run, sparsity=0.0) for run in runs)]
+    teachers = {teacher for run in students if (teacher := teacher_of(run, recipes)) is not None}
+    return sorted(set(runs) | teachers)
 
 
 def runs_by_key(runs: list[Run]) -> dict[str, Run]:

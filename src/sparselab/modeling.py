@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from pathlib import Path
 
@@ -63,21 +64,40 @@ def load_tokenizer(
 
 
 def pick_device() -> torch.device:
-    """CUDA when it is really usable, else CPU (a GPU job that landed on a CPU node says so)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    log.info("CUDA is not available: running on CPU")
-    return torch.device("cpu")
+    """CUDA when it is really usable (a tensor can be made on it), else CPU: a GPU job that landed
+    on a node without a usable GPU (no driver, a busy or broken device) says so and runs on CPU."""
+    if not torch.cuda.is_available():
+        log.info("CUDA is not available: running on CPU")
+        return torch.device("cpu")
+    try:
+        torch.zeros(1, device="cuda")
+    except RuntimeError as error:
+        log.warning("CUDA is present but not usable (%s): running on CPU", str(error).splitlines()[0])
+        return torch.device("cpu")
+    log.info("running on %s", torch.cuda.get_device_name())
+    return torch.device("cuda")
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
+@functools.lru_cache(maxsize=None)
+def _bf16_unsupported(device: str) -> bool:
+    """A GPU without bf16 arithmetic (before Ampere): said once per process."""
+    unsupported = device == "cuda" and not torch.cuda.is_bf16_supported()
+    if unsupported:
+        log.warning("this GPU has no bf16 arithmetic: computing in fp32 instead of bf16 autocast")
+    return unsupported
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass: bf16 autocast (weights and optimizer stay fp32), or
-    plain fp32. bf16 halves the cost of matmuls on CPUs with AVX512-BF16/AMX and on GPUs."""
+    """Mixed precision for the forward pass: bf16 autocast (weights and optimizer stay fp32, so a
+    masked weight stays exactly zero), or plain fp32. bf16 halves the cost of matmuls on CPUs with
+    AVX512-BF16/AMX and on GPUs from Ampere on; a GPU without it computes in fp32."""
     dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    if dtype is None or _bf16_unsupported(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def configure_threads(threads: int) -> None:

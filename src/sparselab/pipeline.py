@@ -8,6 +8,7 @@ it against its source.json (`verify_record`), so that a changed file fails befor
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from sparselab.config import build_method
 from sparselab.data import load_split, load_task
 from sparselab.evaluate import count_zeros, latency_ms, task_metrics
 from sparselab.fetch import RECORD_NAME, sha256_file, verify_record
-from sparselab.finetune import recipe_from_config, train
+from sparselab.distillation import DistillationLoss, teacher_outputs
+from sparselab.finetune import recipe_from_config, supervised_loss, train
 from sparselab.io import atomic_path, load_masks, load_tensors, read_json, save_compact, save_masks, save_tensors, write_json
 from sparselab.masks import Structure, build_masks, sparsity_report
 from sparselab.modeling import CHECKPOINT_FILE, configure_threads, load_classifier, load_finetuned, load_tokenizer, pick_device
@@ -27,6 +29,12 @@ from sparselab.prunable import select_prunable
 from sparselab.resume import Checkpointing, state_path
 from sparselab.scoring import ScoringContext
 from sparselab.sparsifiers import FixedMask, Sparsifier, Target
+
+log = logging.getLogger(__name__)
+
+# Examples per forward pass of the teacher over the training split, in file order: the same batches,
+# so the same logits, in every run
+TEACHER_BATCH = 128
 
 
 def compute_scores(
@@ -94,12 +102,13 @@ def build_sparsifier(model: nn.Module, mask_path: Path | None, during_training: 
 
 def finetune_stage(
     model_dir: Path, data_dir: Path, mask_path: Path | None, out_dir: Path, recipe: dict, seed: int, threads: int,
-    during_training: dict | None = None, *, trust_remote_code: bool,
+    during_training: dict | None = None, teacher_dir: Path | None = None, *, trust_remote_code: bool,
 ) -> None:
     """Fine-tune the pretrained model and save the checkpoint, the per-step log and train metrics.
 
     With `mask_path` the prune stage's mask is held fixed; with `during_training` a sparsifier
-    prunes on its schedule; with neither the run is dense.
+    prunes on its schedule; with neither the run is dense. A recipe with distillation learns from
+    the dense fine-tuned model in `teacher_dir` (its logits on the training examples, computed once).
 
     The run is resumable (sparselab.resume): its state is saved in out_dir/.resume/ every
     `recipe.checkpoint_every` steps and when SIGTERM or SIGUSR1 stops it (it then exits with
@@ -115,6 +124,17 @@ def finetune_stage(
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     data = encode(rows, tokenizer, task["text_fields"], parsed_recipe.max_length, task["labels"] is None)
     device = pick_device()
+    loss_fn = supervised_loss
+    if parsed_recipe.distillation is not None:
+        if teacher_dir is None:
+            raise ValueError("the recipe distils, but no teacher checkpoint was given")
+        teacher = load_finetuned(teacher_dir, trust_remote_code=trust_remote_code)
+        started = time.perf_counter()
+        data.teacher_logits = teacher_outputs(teacher, data, TEACHER_BATCH, device, parsed_recipe.precision)
+        log.info("teacher %s: logits of %d training examples in %.1f s", teacher_dir, len(data),
+                 time.perf_counter() - started)
+        del teacher
+        loss_fn = DistillationLoss(parsed_recipe.distillation, task["labels"] is None)
     model = load_classifier(model_dir, task, seed, trust_remote_code=trust_remote_code).to(device)
     sparsifier = build_sparsifier(model, mask_path, during_training)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,11 +142,12 @@ def finetune_stage(
     checkpointing = Checkpointing(state_path(out_dir), parsed_recipe.checkpoint_every, {
         "during_training": during_training,
         "mask": sha256_file(mask_path) if mask_path is not None else None,
+        "teacher": sha256_file(teacher_dir / CHECKPOINT_FILE) if loss_fn is not supervised_loss else None,
         "model": sha256_file(model_dir / RECORD_NAME),
         "data": sha256_file(data_dir / RECORD_NAME),
     })
     with atomic_path(out_dir / "train_log.csv") as log_tmp:
-        result = train(model, data, parsed_recipe, seed, device, log_tmp, sparsifier, checkpointing)
+        result = train(model, data, parsed_recipe, seed, device, log_tmp, sparsifier, checkpointing, loss_fn)
     model.to("cpu")
     with atomic_path(out_dir / "config.json") as config_tmp:
         model.config.to_json_file(str(config_tmp))
@@ -136,6 +157,7 @@ def finetune_stage(
         "steps": result.steps,
         "train_examples": len(data),
         "final_train_loss": result.final_train_loss,
+        "final_task_loss": result.final_task_loss,
         "wall_seconds": result.wall_seconds,
         "trainable_params": result.trainable_params,
         "total_params": result.total_params,
@@ -193,6 +215,7 @@ def evaluate_finetuned_stage(
         trainable_params=train_metrics["trainable_params"],
         wall_seconds=train_metrics["wall_seconds"],
         final_train_loss=train_metrics["final_train_loss"],
+        final_task_loss=train_metrics["final_task_loss"],
     )
     write_json(out_path, record)
 

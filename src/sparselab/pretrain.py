@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerBase
 
-from sparselab.finetune import LR_SCHEDULES
+from sparselab.finetune import LR_SCHEDULES, training_step
 from sparselab.io import save_tensors
 from sparselab.masks import Structure
 from sparselab.modeling import PRECISIONS, autocast
@@ -247,8 +247,7 @@ def learning_rate_at(step: int, config: PretrainConfig) -> float:
     """Learning rate of optimizer step `step` (0-based): linear warm-up, then linear decay towards 0."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / (config.steps - config.warmup_steps)
-    return config.learning_rate * LR_SCHEDULES["linear"](progress)
+    return config.learning_rate * LR_SCHEDULES["linear"](step, config.warmup_steps, config.steps, (), 0.0)
 
 
 @torch.no_grad()
@@ -287,19 +286,10 @@ def _batches(count: int, batch_size: int, generator: torch.Generator) -> Iterato
         order = order[batch_size:]
 
 
-def _train_step(model: BertForMaskedLM, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                sparsifier: Sparsifier | None, step: int, precision: str) -> torch.Tensor:
-    """One optimizer step with the sparsifier's hooks around it (as finetune.training_step); the loss."""
-    with autocast(inputs.device, precision):
-        loss = mlm_loss(model, inputs, labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if sparsifier is not None:
-        sparsifier.after_backward(step)
-    optimizer.step()
-    if sparsifier is not None:
-        sparsifier.after_step(step)
-    return loss.detach()
+def _mlm_objective(model: BertForMaskedLM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """finetune.training_step's loss function for pre-training: the MLM loss, objective and task loss."""
+    loss = mlm_loss(model, batch["input_ids"], batch["labels"])
+    return loss, loss
 
 
 def _pruned(masks: dict[str, torch.Tensor] | None) -> int:
@@ -376,7 +366,8 @@ def _pretrain(texts: Sequence[str], eval_texts: Sequence[str], tokenizer: PreTra
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, labels = mask_tokens(train_blocks[next(batches)], vocab, config.mlm_probability, generator)
-        loss = _train_step(model, inputs.to(device), labels.to(device), optimizer, sparsifier, step, config.precision)
+        batch = {"input_ids": inputs.to(device), "labels": labels.to(device)}
+        loss, _ = training_step(model, batch, optimizer, sparsifier, step, config.precision, _mlm_objective)
         masks = sparsifier.masks if sparsifier is not None else None
         log.append(StepLog(step + 1, loss.item(), lr, _pruned(masks) / prunable_total))
         if checkpoint_dir is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:

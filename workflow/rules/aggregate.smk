@@ -18,6 +18,7 @@ rule aggregate:
         metrics="results/metrics.json",
     params:
         runs=runs_param(RUNS),
+        recipes=recipes_param(RUNS),
         epsilon=config["evaluation"]["epsilon"],
     conda:
         "../../environment.yml"
@@ -39,6 +40,7 @@ rule study_table:
         ),
     params:
         runs=lambda w: runs_param(STUDY_RUNS[w.study]),
+        recipes=lambda w: recipes_param(STUDY_RUNS[w.study]),
     conda:
         "../../environment.yml"
     log:

@@ -5,7 +5,7 @@ import re
 import sys
 
 from sparselab.config import ConfigError, validate_config
-from sparselab.grid import expand_studies, runs_by_key, study_runs
+from sparselab.grid import expand_studies, runs_by_key, study_runs, teacher_of, with_teachers
 from sparselab.io import OutputWriteError, check_writable
 from sparselab.preflight import check_on_disk
 
@@ -18,7 +18,8 @@ except (ConfigError, OutputWriteError) as error:
     sys.exit(f"error: {error}")
 
 RUNS = expand_studies(config)
-RUN_BY_KEY = runs_by_key(RUNS)
+# the runs and the dense teachers of the distilled ones (fine-tuned, not tabled unless studied)
+RUN_BY_KEY = runs_by_key(with_teachers(RUNS, config["recipes"]))
 STUDY_RUNS = {name: study_runs(study, config["methods"]) for name, study in config["studies"].items()}
 
 
@@ -103,6 +104,13 @@ def runs_param(runs):
     return [{**run.as_dict(), "stages": stages_of(run)} for run in runs]
 
 
+def recipes_param(runs):
+    """What the tables say of the recipes of `runs`: the budget and whether it distils."""
+    return {name: {"epochs_multiplier": config["recipes"][name].get("epochs_multiplier", 1),
+                   "distillation": config["recipes"][name].get("distillation")}
+            for name in sorted({run.recipe for run in runs})}
+
+
 def study_outputs(study):
     """The table and the figure a study's target builds."""
     return [f"results/tables/{study}.csv", f"results/figures/{study}.png", f"results/figures/{study}.pdf"]
@@ -122,11 +130,15 @@ def during_training(run):
 
 
 def finetune_inputs(wildcards):
-    """Pretrained model and data, plus the prune stage's mask for a sparse one-shot run."""
+    """Pretrained model and data, plus the prune stage's mask for a sparse one-shot run and the
+    teacher's checkpoint for a distilled one."""
     run = run_of(wildcards)
     inputs = {"model": model_dir(run), "data": data_dir(run)}
     if not run.dense and one_shot(run):
         inputs["mask"] = f"{run.mask_prefix}/mask.safetensors"
+    teacher = teacher_of(run, config["recipes"])
+    if teacher is not None:
+        inputs["teacher"] = f"results/finetune/{teacher.key}/model.compact.safetensors"
     return inputs
 
 

@@ -8,6 +8,7 @@ from sparselab.logs import log_to
 with log_to(snakemake.log[0]):
     aggregate_stage(
         snakemake.params.runs,
+        snakemake.params.recipes,
         Path(snakemake.output.runs),
         Path(snakemake.output.curves),
         Path(snakemake.output.metrics),

@@ -1,4 +1,5 @@
-"""Rule finetune: fine-tune the pretrained model (mask fixed, during-training sparsifier, or dense)."""
+"""Rule finetune: fine-tune the pretrained model (mask fixed, during-training sparsifier, or dense),
+distilled from the dense teacher when the recipe says so."""
 
 from pathlib import Path
 
@@ -15,5 +16,6 @@ with log_to(snakemake.log[0]):
         seed=snakemake.params.seed,
         threads=snakemake.threads,
         during_training=snakemake.params.during_training,
+        teacher_dir=Path(snakemake.input.teacher).parent if "teacher" in snakemake.input.keys() else None,
         trust_remote_code=snakemake.params.trust_remote_code,
     )

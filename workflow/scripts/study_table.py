@@ -6,4 +6,4 @@ from sparselab.aggregate import study_table_stage
 from sparselab.logs import log_to
 
 with log_to(snakemake.log[0]):
-    study_table_stage(snakemake.params.runs, Path(snakemake.output.table))
+    study_table_stage(snakemake.params.runs, snakemake.params.recipes, Path(snakemake.output.table))

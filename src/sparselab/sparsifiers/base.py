@@ -41,6 +41,9 @@ class Sparsifier(Configurable, ABC):
 
     allowed_allocations: ClassVar[tuple[str, ...] | None] = None  # None: every registered allocation
     allows_nm: ClassVar[bool] = True
+    # True for a method that changes its masks at every step (of its ramp or window): it has no
+    # pruning steps for a cyclic learning rate to restart at
+    changes_masks_every_step: ClassVar[bool] = False
 
     def attach(self, model: nn.Module, prunable: dict[str, nn.Parameter], target: Target) -> None:
         """Bind to `model`; `prunable` maps names to its prunable weights (out x in)."""
@@ -78,6 +81,12 @@ class Sparsifier(Configurable, ABC):
         self.check_steps(total_steps)
         self.total_steps = total_steps
         self.apply_masks()
+
+    def pruning_steps(self) -> list[int] | None:
+        """Numbers of optimizer steps done after which the masks change (after `begin`), where a
+        cyclic learning rate restarts; None for a method that changes them at every step. A fixed
+        mask was set before the first step: []."""
+        return None if self.changes_masks_every_step else []
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer updates (all parameters unless the method freezes some)."""

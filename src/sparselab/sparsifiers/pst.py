@@ -227,6 +227,7 @@ class ParameterEfficientSparseTraining(Sparsifier):
     hyperparameters = {"rank_w": 8, "rank_m": 8, "start": 0.1, "end": 0.7, "train_head": True}
     allowed_allocations = ("layerwise",)
     allows_nm = False
+    changes_masks_every_step = True
 
     def __init__(self, **hyper) -> None:
         super().__init__(**hyper)

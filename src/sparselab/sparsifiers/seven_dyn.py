@@ -42,6 +42,7 @@ class SevenDynamic(Sparsifier):
     hyperparameters = {"window_start": 0, "window_length": 100, "a1": 0.8, "a2": 0.9, "preset": ""}
     allowed_allocations = ("global",)
     allows_nm = False
+    changes_masks_every_step = True
 
     def __init__(self, **hyper) -> None:
         super().__init__(**hyper)
