@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from sparselab.config import build_method, validate_config
-from sparselab.grid import expand_studies, runs_by_key
+from sparselab.grid import expand_studies, runs_by_key, with_teachers
 from sparselab.schedules import total_training_steps
 from sparselab.sparsifiers.seven_dyn import OFFICIAL_WINDOWS
 
@@ -43,7 +43,7 @@ def config_id(path: Path) -> str:
 
 def test_there_are_paper_configs():
     names = {path.name for path in CONFIGS}
-    assert {"essential_sparsity.yaml", "seven.yaml", "pst.yaml"} <= names
+    assert {"essential_sparsity.yaml", "seven.yaml", "pst.yaml", "sparse_recipes.yaml"} <= names
 
 
 def load(path: Path) -> dict:
@@ -120,10 +120,10 @@ def one_shot(config: dict, run) -> bool:
 
 
 def expected_finetunes(config: dict) -> set[str]:
-    """Every {run} key a fine-tune job is planned for: the grid's runs and the dense runs they
-    compare with."""
+    """Every {run} key a fine-tune job is planned for: the grid's runs, the dense runs they
+    compare with and the dense teachers of the distilled ones."""
     runs = expand_studies(config)
-    return set(runs_by_key(runs)) | {run.dense_key for run in runs}
+    return set(runs_by_key(with_teachers(runs, config["recipes"]))) | {run.dense_key for run in runs}
 
 
 def expected_jobs(config: dict) -> dict[str, int]:
@@ -138,7 +138,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "score": len({run.scores_path for run in sparse_one_shot}),
         "prune": len({run.mask_prefix for run in sparse_one_shot}),
         "finetune": len(finetunes),
-        "evaluate_finetuned": len(finetunes),
+        "evaluate_finetuned": len(set(runs_by_key(runs)) | {run.dense_key for run in runs}),
         "evaluate_oneshot": len(sparse_one_shot),
         "aggregate": 1,
         "study_table": studies,
@@ -160,7 +160,7 @@ def test_dry_run_plans_the_grid(path, dry_run):
     runs = expand_studies(config)
     # every study lists sparsity 0, so its dense runs are points of the grid, not extras
     assert {run.dense_key for run in runs} <= set(runs_by_key(runs))
-    assert table["finetune"] == len(runs_by_key(runs))
+    assert table["finetune"] == len(runs_by_key(with_teachers(runs, config["recipes"])))
     assert table == expected_jobs(config)
     print(f"{path.name}: {table['total']} jobs, {table['finetune']} fine-tunes, dry run {seconds:.1f} s")
 
@@ -195,7 +195,7 @@ def training_steps(config: dict, task: str, recipe: dict) -> int:
     rows -= round(rows * entry["split"]["validation"])
     if recipe.get("max_train_examples") is not None:
         rows = min(rows, recipe["max_train_examples"])
-    return total_training_steps(rows, recipe["epochs"], recipe["batch_size"])
+    return total_training_steps(rows, recipe["epochs"] * recipe.get("epochs_multiplier", 1), recipe["batch_size"])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=config_id)
