@@ -59,7 +59,8 @@ def curve(values, dense=0.80, seeds=(0,)):
             rows.append({"model": "m", "task": "t", "method": "magnitude", "allocation": "global",
                          "structure": "unstructured", "recipe": "r", "seed": seed, "stage": "finetuned",
                          "metric": "accuracy", "headline": True, "sparsity": sparsity, "value": value,
-                         "dense_value": dense})
+                         "dense_value": dense, "budget": 1, "distilled": False,
+                         "final_task_loss": 0.3 + sparsity / 2, "dense_task_loss": 0.3})
     return pd.DataFrame(rows)
 
 
@@ -104,3 +105,20 @@ def test_method_comparison_draws_one_line_per_method(tmp_path, monkeypatch):
         line.get_label() for ax in fig.axes for line in ax.get_lines()))
     figures.method_comparison_figure(table, 0.01, tmp_path / "f.png", tmp_path / "f.pdf")
     assert [label for label in labels if not label.startswith("dense")] == ["magnitude (global)", "pst (layerwise)"]
+
+
+def test_recipes_figure_draws_each_sparsity_with_and_without_distillation(tmp_path, monkeypatch):
+    plain = pd.concat([curve({0.0: 0.80, 0.8: 0.70, 0.9: 0.60}).assign(budget=b, recipe=f"x{b}") for b in (1, 2, 4)])
+    distilled = plain.assign(distilled=True, value=plain["value"] + 0.02, recipe=plain["recipe"] + "_kd")
+    lines = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, png, pdf: lines.extend(
+        (ax.get_ylabel(), line.get_label(), line.get_linestyle(), list(line.get_xdata()), list(line.get_ydata()))
+        for ax in fig.axes for line in ax.get_lines()))
+    figures.recipes_figure(pd.concat([plain, distilled]), 0.01, tmp_path / "f.png", tmp_path / "f.pdf")
+    labels = {(axis, label, style) for axis, label, style, _, _ in lines}
+    for axis in ("final training loss (labels)", "accuracy"):
+        assert {(axis, "dense", "-"), (axis, "dense, distilled", "--"), (axis, "sparsity 0.8", "-"),
+                (axis, "sparsity 0.9, distilled", "--")} <= labels
+    loss_09 = [(x, y) for axis, label, _, xs, ys in lines if axis.startswith("final") and label == "sparsity 0.9"
+               for x, y in zip(xs, ys)]
+    assert loss_09 == [(1, 0.75), (2, 0.75), (4, 0.75)]  # x is the budget, y the final task loss

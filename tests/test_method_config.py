@@ -50,7 +50,7 @@ def test_methods_that_compose(method, study):
         ({"scorer": "wanda"}, {"allocations": ["layerwise"]}, "(allowed: row, native)"),
         ({"sparsifier": "gmp"}, {"structures": ["2:4"]}, "'2:4' is not possible with method 'candidate' (gmp prunes unstructured)"),
         ({"sparsifier": "seven_dyn", "window": 3}, {}, "methods.candidate.window: 'window' is not a hyper-parameter of sparsifier 'seven_dyn'"),
-        ({"sparsifier": "gmpp"}, {}, "unknown sparsifier 'gmpp' (allowed: gmp, pst, seven_dyn); did you mean 'gmp'?"),
+        ({"sparsifier": "gmpp"}, {}, "unknown sparsifier 'gmpp' (allowed: acdc, gmp, pst, seven_dyn); did you mean 'gmp'?"),
         ({"sparsifier": "gmp", "scorer": "magnitude"}, {}, "exactly one of scorer (one-shot) or sparsifier"),
         # the standard recipe makes at most 79 steps (2,500 examples, batch 32, one epoch)
         ({"sparsifier": "seven_dyn", "window_start": 8, "window_length": 72}, {},

@@ -201,7 +201,7 @@ def test_the_opt_in_reaches_from_pretrained(
     model.config.to_json_file(str(checkpoint / "config.json"))
     save_compact(checkpoint / modeling.CHECKPOINT_FILE, dict(model.state_dict()), {})
     (checkpoint / "train_metrics.json").write_text(
-        json.dumps({"trainable_params": 1, "wall_seconds": 1.0, "final_train_loss": 0.5})
+        json.dumps({"trainable_params": 1, "wall_seconds": 1.0, "final_train_loss": 0.5, "final_task_loss": 0.5})
     )
     flags = []
     for loader, method in ((modeling.AutoConfig, "from_pretrained"),
