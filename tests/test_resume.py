@@ -24,6 +24,7 @@ from transformers import BertForSequenceClassification
 
 import sparselab.finetune as finetune
 from sparselab.data import fetch_task
+from sparselab.distillation import Distillation, DistillationLoss
 from sparselab.fetch import fetch_model
 from sparselab.finetune import Recipe, train
 from sparselab.io import CorruptFileError
@@ -99,6 +100,31 @@ def test_stopped_twice_and_resumed_ends_bit_for_bit(kind, tmp_path, monkeypatch)
     assert log_rows(tmp_path / "log.csv") == log_rows(tmp_path / "reference.csv")
     assert (result.steps, result.final_train_loss, result.trainable_params) == \
         (expected.steps, expected.final_train_loss, expected.trainable_params)
+
+
+def test_a_distilled_gmp_run_with_a_cyclic_rate_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """The teacher's logits, the task loss column and the cyclic learning rate survive a stop."""
+    recipe = Recipe(epochs=2.5, batch_size=8, learning_rate=1e-3, lr_schedule="cyclic", final_lr_ratio=0.1,
+                    distillation=Distillation("standard", temperature=2.0, hardness=0.7))
+
+    def distilled(log_path, checkpointing=None):
+        model, sparsifier = fresh("gmp")
+        data = toy_data(n=48)
+        data.teacher_logits = torch.randn(len(data), 2, generator=torch.Generator().manual_seed(3))
+        result = train(model, data, recipe, 0, torch.device("cpu"), log_path, sparsifier, checkpointing,
+                       DistillationLoss(recipe.distillation, regression=False))
+        return model, result
+
+    reference, expected = distilled(tmp_path / "reference.csv")
+    state = tmp_path / "run" / ".resume" / "state.safetensors"
+    stop_after(monkeypatch, 7, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted):
+        distilled(tmp_path / "log.csv", Checkpointing(state, 0, {"run": "kd"}))
+    monkeypatch.undo()
+    resumed, result = distilled(tmp_path / "log.csv", Checkpointing(state, 0, {"run": "kd"}))
+    assert bits(resumed.state_dict()) == bits(reference.state_dict())
+    assert log_rows(tmp_path / "log.csv") == log_rows(tmp_path / "reference.csv")
+    assert (result.final_train_loss, result.final_task_loss) == (expected.final_train_loss, expected.final_task_loss)
 
 
 def interrupted_state(tmp_path: Path, monkeypatch, recipe: Recipe = RECIPE) -> Path:
