@@ -108,6 +108,12 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     """
     schema = _load_schema(str(Path(schema_path).resolve()))
     filled = copy.deepcopy(config)
+    # a recipe's own keys are checked where they are written, before a base passes them on
+    raw_recipe_errors = (e for e in _DefaultFillingValidator(schema).iter_errors(copy.deepcopy(filled))
+                         if list(e.absolute_path)[:1] == ["recipes"] and len(e.absolute_path) >= 2)
+    error = best_match(raw_recipe_errors)
+    if error is not None:
+        raise _from_schema_error(error) from None
     _resolve_recipes(filled)
     error = best_match(_DefaultFillingValidator(schema).iter_errors(filled))
     if error is not None:
