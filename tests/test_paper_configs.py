@@ -43,7 +43,7 @@ def config_id(path: Path) -> str:
 
 def test_there_are_paper_configs():
     names = {path.name for path in CONFIGS}
-    assert {"essential_sparsity.yaml", "seven.yaml", "pst.yaml", "sparse_recipes.yaml"} <= names
+    assert {"essential_sparsity.yaml", "seven.yaml", "pst.yaml", "sparse_recipes.yaml", "scaling_laws.yaml"} <= names
 
 
 def load(path: Path) -> dict:
@@ -132,17 +132,21 @@ def expected_jobs(config: dict) -> dict[str, int]:
     finetunes = expected_finetunes(config)
     sparse_one_shot = [run for run in runs_by_key(runs).values() if not run.dense and one_shot(config, run)]
     studies = len(config["studies"])
+    scaling = config.get("scaling_law") or {}
+    grid = [scaling[key] for key in ("widths", "sparsities", "steps")] if scaling else [[]]
     table = {
-        "fetch_model": len({run.model for run in runs}),
-        "fetch_data": len({run.task for run in runs}),
+        "fetch_model": len({run.model for run in runs} | ({scaling["model"]} if scaling else set())),
+        "fetch_data": len({run.task for run in runs} | ({scaling["task"]} if scaling else set())),
         "score": len({run.scores_path for run in sparse_one_shot}),
         "prune": len({run.mask_prefix for run in sparse_one_shot}),
         "finetune": len(finetunes),
         "evaluate_finetuned": len(set(runs_by_key(runs)) | {run.dense_key for run in runs}),
         "evaluate_oneshot": len(sparse_one_shot),
-        "aggregate": 1,
+        "aggregate": 1 if runs else 0,
         "study_table": studies,
         "study_figure": studies,
+        "scaling_run": len(grid[0]) * len(grid[1]) * len(grid[2]) if scaling else 0,
+        "scaling_law": 1 if scaling else 0,
         "all": 1,
     }
     if config.get("mask_analysis"):
@@ -160,9 +164,9 @@ def test_dry_run_plans_the_grid(path, dry_run):
     runs = expand_studies(config)
     # every study lists sparsity 0, so its dense runs are points of the grid, not extras
     assert {run.dense_key for run in runs} <= set(runs_by_key(runs))
-    assert table["finetune"] == len(runs_by_key(with_teachers(runs, config["recipes"])))
+    assert table.get("finetune", 0) == len(runs_by_key(with_teachers(runs, config["recipes"])))
     assert table == expected_jobs(config)
-    print(f"{path.name}: {table['total']} jobs, {table['finetune']} fine-tunes, dry run {seconds:.1f} s")
+    print(f"{path.name}: {table['total']} jobs, {table.get('finetune', 0)} fine-tunes, dry run {seconds:.1f} s")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=config_id)

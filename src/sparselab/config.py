@@ -119,6 +119,7 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     if error is not None:
         raise _from_schema_error(error) from None
     _check_finite(filled, [])
+    _check_something_to_run(filled)
     _check_models(filled)
     _check_tasks(filled)
     _check_methods(filled)
@@ -606,6 +607,17 @@ def _check_schedules_fit(config: dict) -> None:
                 except ValueError as exc:
                     raise ConfigError(_format_path(["methods", method_name]),
                                       f"{exc} (with recipe {recipe_name!r} of study {study_name!r})") from None
+
+
+# The sections that make jobs: a config without any of them would run nothing
+RUNNABLE_SECTIONS = ("studies", "scaling_law", "abrupt_sparsification")
+
+
+def _check_something_to_run(config: dict) -> None:
+    """A pre-training-only config (scaling law, abrupt sparsification) needs no studies, methods
+    or recipes; a config with none of the runnable sections is a mistake, not an empty run."""
+    if not config["studies"] and not any(config.get(section) for section in RUNNABLE_SECTIONS[1:]):
+        raise _error(["studies"], config["studies"], "leaves nothing to run", "at least one of " + ", ".join(RUNNABLE_SECTIONS))
 
 
 def _check_studies(config: dict) -> None:

@@ -61,7 +61,8 @@ def scaling_run_stage(model_dir: Path, data_dir: Path, out_path: Path, settings:
     verify_record(model_dir)
     verify_record(data_dir)
     config = pretrain_config(settings)
-    result = pretrain(corpus(data_dir, "train"), corpus(data_dir, "validation"), load_tokenizer(model_dir), config)
+    result = pretrain(corpus(data_dir, "train"), corpus(data_dir, "validation"), load_tokenizer(model_dir), config,
+                      device=pick_device())
     write_json(out_path, {
         "width": settings["width"], "layers": settings["layers"], "sparsity": config.sparsity,
         "steps": config.steps, "achieved_sparsity": result.sparsity,
@@ -101,7 +102,7 @@ def abrupt_pretrain_stage(model_dir: Path, data_dir: Path, out_dir: Path, fracti
     texts = data_fraction(corpus(data_dir, "train"), fraction)
     with atomic_path(out_dir, directory=True) as tmp:
         result = pretrain(texts, corpus(data_dir, "validation"), tokenizer, pretrain_config(settings),
-                          tmp / "checkpoints")
+                          tmp / "checkpoints", device=pick_device())
         rows = []
         for path in result.checkpoints:
             shares = small_weight_share(load_tensors(path), taus)
