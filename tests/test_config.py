@@ -275,7 +275,7 @@ BAD = [
     ("teacher that distils itself", both(
         set_in("recipes.kd", {"base": "standard", "distillation": {"teacher_recipe": "standard"}}),
         set_in("recipes.kd2", {"base": "standard", "distillation": {"teacher_recipe": "kd"}})),
-     "recipes.kd2.distillation.teacher_recipe", "'kd'", ["distils itself", "allowed: standard"]),
+     "recipes.kd2.distillation.teacher_recipe", "'kd'", ["distils itself", "allowed: short, short_x2, short_x4, standard"]),
     ("distillation hardness above 1",
      set_in("recipes.kd", {"base": "standard", "distillation": {"teacher_recipe": "standard", "hardness": 1.5}}),
      "recipes.kd.distillation.hardness", "1.5", ["is too large", "hardness <= 1"]),
