@@ -23,6 +23,7 @@ from sparselab.config import build_method, validate_config
 from sparselab.grid import expand_studies, runs_by_key, with_teachers
 from sparselab.schedules import total_training_steps
 from sparselab.sparsifiers.seven_dyn import OFFICIAL_WINDOWS
+from sparselab.vision_config import model_modality
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "config"
@@ -132,8 +133,10 @@ def expected_jobs(config: dict) -> dict[str, int]:
     finetunes = expected_finetunes(config)
     sparse_one_shot = [run for run in runs_by_key(runs).values() if not run.dense and one_shot(config, run)]
     studies = len(config["studies"])
+    image_models = {run.model for run in runs if model_modality(config["models"][run.model]) == "image"}
     table = {
-        "fetch_model": len({run.model for run in runs}),
+        "fetch_model": len({run.model for run in runs} - image_models),
+        "fetch_vision_model": len(image_models),
         "fetch_data": len({run.task for run in runs}),
         "score": len({run.scores_path for run in sparse_one_shot}),
         "prune": len({run.mask_prefix for run in sparse_one_shot}),
@@ -142,6 +145,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "evaluate_oneshot": len(sparse_one_shot),
         "aggregate": 1,
         "study_table": studies,
+        "near_zero": sum(study.get("figure") == "ssl_vs_supervised" for study in config["studies"].values()),
         "study_figure": studies,
         "all": 1,
     }
@@ -178,7 +182,7 @@ def test_dry_run_plans_none_of_params_yaml(path, dry_run):
             assert name not in output, f"{name!r} of params.yaml is planned with {path.name}"
     planned = set(re.findall(r"^(?:local)?rule finetune:\n(?:    .*\n)*?    wildcards: run=(\S+)$", output, flags=re.M))
     assert planned == expected_finetunes(config)
-    fetched = set(re.findall(r"^(?:local)?rule fetch_model:\n(?:    .*\n)*?    wildcards: model=(\S+)$", output, flags=re.M))
+    fetched = set(re.findall(r"^(?:local)?rule fetch_(?:vision_)?model:\n(?:    .*\n)*?    wildcards: model=(\S+)$", output, flags=re.M))
     assert fetched == set(config["models"])
 
 
