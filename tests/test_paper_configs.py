@@ -23,6 +23,7 @@ from sparselab.config import build_method, validate_config
 from sparselab.grid import expand_studies, runs_by_key, with_teachers
 from sparselab.schedules import total_training_steps
 from sparselab.sparsifiers.seven_dyn import OFFICIAL_WINDOWS
+from sparselab.vision_config import model_modality
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "config"
@@ -134,8 +135,10 @@ def expected_jobs(config: dict) -> dict[str, int]:
     studies = len(config["studies"])
     scaling = config.get("scaling_law") or {}
     grid = [scaling[key] for key in ("widths", "sparsities", "steps")] if scaling else [[]]
+    image_models = {run.model for run in runs if model_modality(config["models"][run.model]) == "image"}
     table = {
-        "fetch_model": len({run.model for run in runs} | ({scaling["model"]} if scaling else set())),
+        "fetch_model": len(({run.model for run in runs} - image_models) | ({scaling["model"]} if scaling else set())),
+        "fetch_vision_model": len(image_models),
         "fetch_data": len({run.task for run in runs} | ({scaling["task"]} if scaling else set())),
         "score": len({run.scores_path for run in sparse_one_shot}),
         "prune": len({run.mask_prefix for run in sparse_one_shot}),
@@ -144,6 +147,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "evaluate_oneshot": len(sparse_one_shot),
         "aggregate": 1 if runs else 0,
         "study_table": studies,
+        "near_zero": sum(study.get("figure") == "ssl_vs_supervised" for study in config["studies"].values()),
         "study_figure": studies,
         "scaling_run": len(grid[0]) * len(grid[1]) * len(grid[2]) if scaling else 0,
         "scaling_law": 1 if scaling else 0,
@@ -182,7 +186,7 @@ def test_dry_run_plans_none_of_params_yaml(path, dry_run):
             assert name not in output, f"{name!r} of params.yaml is planned with {path.name}"
     planned = set(re.findall(r"^(?:local)?rule finetune:\n(?:    .*\n)*?    wildcards: run=(\S+)$", output, flags=re.M))
     assert planned == expected_finetunes(config)
-    fetched = set(re.findall(r"^(?:local)?rule fetch_model:\n(?:    .*\n)*?    wildcards: model=(\S+)$", output, flags=re.M))
+    fetched = set(re.findall(r"^(?:local)?rule fetch_(?:vision_)?model:\n(?:    .*\n)*?    wildcards: model=(\S+)$", output, flags=re.M))
     assert fetched == set(config["models"])
 
 

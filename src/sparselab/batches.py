@@ -1,4 +1,11 @@
-"""Tokenized examples and padded batches for training, evaluation and calibration."""
+"""Encoded examples and their batches for training, evaluation and calibration.
+
+A split is encoded once per job into an `Encoded` (token ids, padded per batch) or an
+`ImageEncoded` (pixel tensors, stacked); both give `len`, `labels`, `regression`, optional
+`teacher_logits`, `lengths()` (what batching and evaluation order by) and `collate(indices)`, so
+training, evaluation, distillation and calibration never ask which modality they hold. The input
+pipelines of sparselab.inputs make them from a task's rows.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,43 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def lengths(self) -> list[int]:
+        """Tokens of every example."""
+        return [len(ids) for ids in self.input_ids]
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The chosen examples padded to the longest among them (see `collate`)."""
+        return _collate_tokens(self, indices)
+
+
+@dataclass
+class ImageEncoded:
+    """A preprocessed image split: (examples, channels, height, width) float32 pixels, labels,
+    and for a distilled run the teacher's logits of every example, (examples, classes)."""
+
+    pixel_values: torch.Tensor
+    labels: list[float]
+    regression: bool
+    teacher_logits: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def lengths(self) -> list[int]:
+        """Every image has the same size: one 'length' for all, so orders keep file order."""
+        return [1] * len(self.labels)
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """pixel_values (batch, channels, height, width) and labels (+ teacher logits)."""
+        label_dtype = torch.float32 if self.regression else torch.long
+        batch = {
+            "pixel_values": self.pixel_values[indices],
+            "labels": torch.tensor([self.labels[i] for i in indices], dtype=label_dtype),
+        }
+        if self.teacher_logits is not None:
+            batch["teacher_logits"] = self.teacher_logits[indices]
+        return batch
+
 
 def encode(rows: list[dict], tokenizer, text_fields: list[str], max_length: int, regression: bool) -> Encoded:
     """Tokenize rows (text, optional text_pair) without padding; batches are padded on the fly.
@@ -42,7 +86,12 @@ def encode(rows: list[dict], tokenizer, text_fields: list[str], max_length: int,
     )
 
 
-def collate(data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
+def collate(data: Encoded | ImageEncoded, indices: list[int]) -> dict[str, torch.Tensor]:
+    """The batch of the chosen examples, as their split's `collate` makes it."""
+    return data.collate(indices)
+
+
+def _collate_tokens(data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
     """Pad the chosen examples to the longest among them. Returns (batch, length) tensors + labels
     (+ the examples' teacher logits, (batch, classes), when `data` has them)."""
     length = max(len(data.input_ids[i]) for i in indices)
@@ -63,7 +112,7 @@ def collate(data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
 
 
 def iterate_batches(
-    data: Encoded, batch_size: int, generator: torch.Generator | None = None, group_by_length: bool = False
+    data: Encoded | ImageEncoded, batch_size: int, generator: torch.Generator | None = None, group_by_length: bool = False
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches in a shuffled order drawn from `generator`, or in file order when it is None.
 
@@ -79,12 +128,13 @@ def iterate_batches(
     if group_by_length and generator is not None:
         window = 50 * batch_size
         by_length = []
+        lengths = data.lengths()
         for start in range(0, len(order), window):
-            chunk = sorted(order[start : start + window], key=lambda i: len(data.input_ids[i]))
+            chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
             by_length += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         batches = [by_length[i] for i in torch.randperm(len(by_length), generator=generator).tolist()]
     for indices in batches:
-        yield collate(data, indices)
+        yield data.collate(indices)
 
 
 @dataclass

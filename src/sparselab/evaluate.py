@@ -9,23 +9,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparselab.batches import Encoded, collate
+from sparselab.batches import Encoded, ImageEncoded
 from sparselab.metrics import compute_metrics
 from sparselab.modeling import autocast
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Encoded, batch_size: int, device: torch.device, precision: str = "fp32") -> np.ndarray:
+def predict(model: nn.Module, data: Encoded | ImageEncoded, batch_size: int, device: torch.device, precision: str = "fp32") -> np.ndarray:
     """Class ids (argmax of the logits) or, for regression, the single predicted value per example.
 
-    Examples run shortest first so that each batch pads little; predictions come back in file order.
+    Examples run shortest first so that each batch pads little (images: in file order); predictions
+    come back in file order.
     """
     model.to(device).eval()
-    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    lengths = data.lengths()
+    order = sorted(range(len(data)), key=lambda i: lengths[i])
     predictions = torch.empty(len(data))
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        batch = collate(data, indices)
+        batch = data.collate(indices)
         batch.pop("labels")
         with autocast(device, precision):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()  # (batch, num_labels)
@@ -34,7 +36,7 @@ def predict(model: nn.Module, data: Encoded, batch_size: int, device: torch.devi
 
 
 def task_metrics(
-    model: nn.Module, data: Encoded, metrics: list[str], batch_size: int, device: torch.device, precision: str = "fp32"
+    model: nn.Module, data: Encoded | ImageEncoded, metrics: list[str], batch_size: int, device: torch.device, precision: str = "fp32"
 ) -> dict[str, float]:
     """Every metric of the task over the whole split (never averaged per batch)."""
     predictions = predict(model, data, batch_size, device, precision)
@@ -49,23 +51,19 @@ def count_zeros(weights: dict[str, torch.Tensor]) -> tuple[int, int]:
 
 @torch.no_grad()
 def latency_ms(
-    model: nn.Module, batch_size: int, length: int, repeats: int, device: torch.device, precision: str = "fp32"
+    model: nn.Module, batch: dict[str, torch.Tensor], repeats: int, device: torch.device, precision: str = "fp32"
 ) -> float:
-    """Median wall time of one forward pass on a (batch_size, length) batch, after one warm-up.
-
-    The content of the batch does not matter for dense kernels, only its shape; any valid token does.
-    """
+    """Median wall time of one forward pass on `batch` (an input pipeline's `latency_batch`), after
+    one warm-up. The content of the batch does not matter for dense kernels, only its shape."""
     model.to(device).eval()
-    token = min(1000, model.config.vocab_size - 1)
-    input_ids = torch.full((batch_size, length), token, dtype=torch.long, device=device)
-    mask = torch.ones_like(input_ids)
+    inputs = {key: value.to(device) for key, value in batch.items()}
     with autocast(device, precision):
-        model(input_ids=input_ids, attention_mask=mask)
+        model(**inputs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         with autocast(device, precision):
-            model(input_ids=input_ids, attention_mask=mask)
+            model(**inputs)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1000)

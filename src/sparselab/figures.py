@@ -33,10 +33,13 @@ Figure = Callable[[pd.DataFrame, float, Path, Path], None]
 FIGURES: Registry[Figure] = Registry("figure")
 
 
-def study_figure(kind: str, table_csv: Path, epsilon: float, png: Path, pdf: Path) -> None:
-    """Draw the figure `kind` (a study's `figure`) from the study's table (aggregate.study_table_stage)."""
+def study_figure(kind: str, table_csv: Path, epsilon: float, png: Path, pdf: Path,
+                 extras: dict[str, Path] | None = None) -> None:
+    """Draw the figure `kind` (a study's `figure`) from the study's table (aggregate.study_table_stage)
+    and the further tables some kinds read (`extras`: keyword -> CSV, e.g. near_zero)."""
     table = pd.read_csv(table_csv)
-    FIGURES.get(kind)(table[table["headline"]], epsilon, png, pdf)
+    tables = {name: pd.read_csv(path) for name, path in (extras or {}).items()}
+    FIGURES.get(kind)(table[table["headline"]], epsilon, png, pdf, **tables)
 
 
 def _setup_label(frame: pd.DataFrame, parts: list[str]) -> pd.Series:
@@ -156,6 +159,44 @@ def recipes_figure(table: pd.DataFrame, epsilon: float, png: Path, pdf: Path) ->
             ax.set_ylabel(label)
             ax.set_title(f"{model} on {task}")
         row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    save_figure(fig, png, pdf)
+
+
+@FIGURES.register("ssl_vs_supervised")
+def ssl_vs_supervised_figure(table: pd.DataFrame, epsilon: float, png: Path, pdf: Path,
+                             near_zero: pd.DataFrame) -> None:
+    """Self-supervised vs supervised backbones (essential-sparsity paper): left, per (task), the
+    headline metric against sparsity, one colour per backbone, solid pruned one-shot then fine-tuned,
+    dashed the dense fine-tuned model pruned without retraining, dotted its dense value, with each
+    fine-tuned curve's essential sparsity in the legend; right, the share of each backbone's
+    pretrained prunable weights with |w| < tau against tau."""
+    labels = near_zero.drop_duplicates("model").set_index("model")["description"].to_dict()
+    models = sorted(table["model"].unique())
+    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    essential = essential_sparsity(table, epsilon)
+    tasks = sorted(table["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(6.5 * (len(tasks) + 1), 4.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        panel = table[table["task"] == task]
+        for (model, stage), curve in panel.groupby(["model", "stage"]):
+            mark = essential[(essential["model"] == model) & (essential["task"] == task) & (essential["stage"] == stage)]
+            note = f", essential sparsity {mark['essential_sparsity'].max():g}" if stage == "finetuned" else ""
+            _draw_curve(ax, curve, color=palette[model], linestyle=STAGE_STYLE[stage],
+                        label=f"{labels.get(model, model)}: {STAGE_LABEL[stage]}{note}")
+            if stage == "finetuned":
+                ax.axhline(curve["dense_value"].mean(), color=palette[model], ls=":", lw=1)
+        ax.set_title(f"{task}: within epsilon = {epsilon:g} of dense counts as free", fontsize=9)
+        ax.set_xlabel("sparsity of the prunable set (one-shot global magnitude)")
+        ax.set_ylabel(panel["metric"].iloc[0])
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    ax = axes[0][-1]
+    for model, rows in near_zero.groupby("model"):
+        ax.plot(rows["tau"], rows["share"], marker="o", color=palette.get(model), label=labels.get(model, model))
+    ax.set_xscale("log")
+    ax.set_xlabel("tau")
+    ax.set_ylabel("share of pretrained prunable weights with |w| < tau")
+    ax.set_title("near-zero weights of each backbone before fine-tuning", fontsize=9)
+    ax.legend(fontsize=7)
     save_figure(fig, png, pdf)
 
 

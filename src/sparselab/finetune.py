@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sparselab import resume
-from sparselab.batches import Encoded, iterate_batches
+from sparselab.batches import Encoded, ImageEncoded, iterate_batches
 from sparselab.distillation import Distillation
 from sparselab.modeling import autocast
 from sparselab.resume import Checkpointing, TrainingInterrupted
@@ -124,7 +124,7 @@ def training_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step with the sparsifier's hooks around it; the (detached) objective and task
     loss (they differ under distillation)."""
-    with autocast(batch["input_ids"].device, precision):
+    with autocast(next(iter(batch.values())).device, precision):
         loss, task_loss = loss_fn(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -146,7 +146,7 @@ class TrainResult:
     total_params: int
 
 
-def _epochs(data: Encoded, recipe: Recipe, generator: torch.Generator, skip: int = 0
+def _epochs(data: Encoded | ImageEncoded, recipe: Recipe, generator: torch.Generator, skip: int = 0
             ) -> Iterator[tuple[torch.Tensor, int, dict[str, torch.Tensor]]]:
     """(data generator state at the start of the epoch, batches done in the epoch, batch) for
     epoch after epoch, without end; the first `skip` batches of the first epoch are left out.
@@ -173,7 +173,7 @@ def _rng_states(device: torch.device, epoch_state: torch.Tensor) -> dict[str, to
 
 def train(
     model: nn.Module,
-    data: Encoded,
+    data: Encoded | ImageEncoded,
     recipe: Recipe,
     seed: int,
     device: torch.device,

@@ -126,6 +126,20 @@ def with_teachers(runs: list[Run], recipes: dict) -> list[Run]:
     return sorted(set(runs) | teachers)
 
 
+def upstream_runs(models: dict) -> list[Run]:
+    """The dense runs whose fine-tuned backbones are models of their own (`finetuned:` sources of
+    params.yaml's `models`), e.g. a self-supervised backbone after a supervised fine-tune."""
+    from sparselab.vision_config import finetuned_source
+
+    runs = []
+    for entry in models.values():
+        upstream = finetuned_source(entry["source"])
+        if upstream is not None:
+            model, task, recipe, seed = upstream
+            runs.append(Run(model, task, "dense", "global", "unstructured", 0.0, recipe, seed))
+    return sorted(runs)
+
+
 def runs_by_key(runs: list[Run]) -> dict[str, Run]:
     """{run} key -> a run with that key (the first, for the dense key several points share)."""
     table: dict[str, Run] = {}

@@ -1,4 +1,8 @@
-"""Loading models and tokenizers from fetched folders, and choosing the device."""
+"""Loading models and tokenizers from fetched folders, and choosing the device.
+
+A folder's config.json decides the model class: timm models (transformers' TimmWrapper,
+`model_type: timm_wrapper`) are image classifiers, everything else a sequence classifier.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
 )
 
@@ -20,19 +26,30 @@ from sparselab.io import load_compact
 
 log = logging.getLogger(__name__)
 
+# model types whose folders hold image classifiers (the rest classify sequences)
+IMAGE_MODEL_TYPES = ("timm_wrapper",)
+
+
+def classifier_class(config: PretrainedConfig) -> type:
+    """The auto class of the classifier a model config builds: image or sequence classification."""
+    if config.model_type in IMAGE_MODEL_TYPES:
+        return AutoModelForImageClassification
+    return AutoModelForSequenceClassification
+
 
 def load_classifier(
     model_dir: str | Path, task: dict, seed: int, *, trust_remote_code: bool = False
 ) -> nn.Module:
-    """A sequence classifier from `model_dir` with a head for the task (task.json).
+    """A sequence or image classifier from `model_dir` with a head for the task (task.json).
 
     The head of a pretrained model is new: seeding before loading makes its initialisation, and so
     the whole run, reproducible. Weights load from safetensors only (no pickle); code from the
     model repository runs only when the model's entry opts in with `trust_remote_code`.
     """
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     torch.manual_seed(seed)
     regression = task["labels"] is None
-    return AutoModelForSequenceClassification.from_pretrained(
+    return classifier_class(config).from_pretrained(
         str(model_dir),
         num_labels=task["num_labels"],
         problem_type="regression" if regression else "single_label_classification",
@@ -51,7 +68,7 @@ def load_finetuned(checkpoint_dir: str | Path, *, trust_remote_code: bool = Fals
     exactly the saved weights: every tensor of the file must match one of the model (strict)."""
     checkpoint_dir = Path(checkpoint_dir)
     config = AutoConfig.from_pretrained(str(checkpoint_dir), trust_remote_code=trust_remote_code)
-    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    model = classifier_class(config).from_config(config, trust_remote_code=trust_remote_code)
     model.load_state_dict(load_compact(checkpoint_dir / CHECKPOINT_FILE), strict=True)
     return model.eval()
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparselab.batches import CalibrationData, encode
 from sparselab.config import build_method
 from sparselab.data import load_split, load_task
 from sparselab.evaluate import count_zeros, latency_ms, task_metrics
@@ -24,7 +23,8 @@ from sparselab.distillation import DistillationLoss, teacher_outputs
 from sparselab.finetune import recipe_from_config, supervised_loss, train
 from sparselab.io import atomic_path, load_masks, load_tensors, read_json, save_compact, save_masks, save_tensors, write_json
 from sparselab.masks import Structure, build_masks, sparsity_report
-from sparselab.modeling import CHECKPOINT_FILE, configure_threads, load_classifier, load_finetuned, load_tokenizer, pick_device
+from sparselab.inputs import input_pipeline
+from sparselab.modeling import CHECKPOINT_FILE, configure_threads, load_classifier, load_finetuned, pick_device
 from sparselab.prunable import select_prunable
 from sparselab.resume import Checkpointing, state_path
 from sparselab.scoring import ScoringContext
@@ -46,9 +46,9 @@ def compute_scores(
     calibration = None
     if scorer.needs_data:
         task = load_task(data_dir)
-        tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-        calibration = CalibrationData(load_split(data_dir, "train"), tokenizer,
-                                      task["text_fields"], task["labels"] is None, seed)
+        # max_length: the scorer's own (its hyper-parameter) reaches the text pipeline per batch
+        pipeline = input_pipeline(model_dir, task, 0, trust_remote_code=trust_remote_code)
+        calibration = pipeline.calibration(load_split(data_dir, "train"), task["labels"] is None, seed)
     context = ScoringContext(
         model=model.eval(),
         prunable=select_prunable(model, prunable["include"], prunable["exclude"]),
@@ -121,8 +121,8 @@ def finetune_stage(
     task = load_task(data_dir)
     parsed_recipe = recipe_from_config(recipe)
     rows = load_split(data_dir, "train")[: parsed_recipe.max_train_examples]
-    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-    data = encode(rows, tokenizer, task["text_fields"], parsed_recipe.max_length, task["labels"] is None)
+    pipeline = input_pipeline(model_dir, task, parsed_recipe.max_length, trust_remote_code=trust_remote_code)
+    data = pipeline.encode(rows, task["labels"] is None)
     device = pick_device()
     loss_fn = supervised_loss
     if parsed_recipe.distillation is not None:
@@ -169,14 +169,12 @@ def finetune_stage(
 
 
 def _evaluation_record(
-    model: nn.Module, model_dir: Path, data_dir: Path, prunable: dict, evaluation: dict, max_length: int, *,
-    trust_remote_code: bool,
+    model: nn.Module, pipeline, data_dir: Path, prunable: dict, evaluation: dict,
 ) -> dict:
     """Task metrics on the evaluation split and the sparsity and parameter counts recounted from the weights."""
     task = load_task(data_dir)
     rows = load_split(data_dir, task["eval_split"])
-    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-    data = encode(rows, tokenizer, task["text_fields"], max_length, task["labels"] is None)
+    data = pipeline.encode(rows, task["labels"] is None)
     device = pick_device()
     metrics = task_metrics(model, data, task["metrics"], evaluation["batch_size"], device, evaluation["precision"])
     weights = {n: p.detach() for n, p in select_prunable(model, prunable["include"], prunable["exclude"]).items()}
@@ -204,14 +202,15 @@ def evaluate_finetuned_stage(
     verify_record(data_dir)
     train_metrics = read_json(checkpoint_dir / "train_metrics.json")
     model = load_finetuned(checkpoint_dir, trust_remote_code=trust_remote_code)
-    record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length,
-                                trust_remote_code=trust_remote_code)
+    pipeline = input_pipeline(model_dir, load_task(data_dir), max_length, trust_remote_code=trust_remote_code)
+    record = _evaluation_record(model, pipeline, data_dir, prunable, evaluation)
+    batch_size = evaluation["latency_batch_size"]
     record.update(
         stage="finetuned",
         file_bytes=(checkpoint_dir / CHECKPOINT_FILE).stat().st_size,
-        latency_ms=latency_ms(model, evaluation["latency_batch_size"], max_length, evaluation["latency_repeats"],
+        latency_ms=latency_ms(model, pipeline.latency_batch(model, batch_size), evaluation["latency_repeats"],
                               pick_device(), evaluation["precision"]),
-        latency_batch=[evaluation["latency_batch_size"], max_length],
+        latency_batch=pipeline.latency_shape(batch_size),
         trainable_params=train_metrics["trainable_params"],
         wall_seconds=train_metrics["wall_seconds"],
         final_train_loss=train_metrics["final_train_loss"],
@@ -238,8 +237,8 @@ def evaluate_oneshot_stage(
     with torch.no_grad():
         for name, mask in masks.items():
             params[name].mul_(mask.to(params[name].dtype))
-    record = _evaluation_record(model, model_dir, data_dir, prunable, evaluation, max_length,
-                                trust_remote_code=trust_remote_code)
+    pipeline = input_pipeline(model_dir, load_task(data_dir), max_length, trust_remote_code=trust_remote_code)
+    record = _evaluation_record(model, pipeline, data_dir, prunable, evaluation)
     record.update(
         stage="pruned",
         file_bytes=None,

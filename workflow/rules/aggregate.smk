@@ -6,6 +6,7 @@
 localrules:
     aggregate,
     study_table,
+    near_zero,
     study_figure,
 
 
@@ -49,9 +50,31 @@ rule study_table:
         "../scripts/study_table.py"
 
 
+rule near_zero:
+    input:
+        models=near_zero_inputs,
+    output:
+        table=report(
+            "results/tables/near_zero/{study}.csv",
+            caption="../report/near_zero_table.rst",
+            category="Tables",
+            labels={"table": "{study} near-zero weights"},
+        ),
+    params:
+        prunable=lambda w: {m: config["models"][m]["prunable"] for m in config["studies"][w.study]["models"]},
+        descriptions=lambda w: {m: config["models"][m].get("description", m) for m in config["studies"][w.study]["models"]},
+        taus=lambda w: config["studies"][w.study].get("taus", [1.0e-3, 5.0e-3, 1.0e-2, 2.0e-2]),
+    conda:
+        "../../environment.yml"
+    log:
+        "results/logs/near_zero/{study}.log",
+    script:
+        "../scripts/near_zero.py"
+
+
 rule study_figure:
     input:
-        table=rules.study_table.output.table,
+        unpack(figure_inputs),
     output:
         png=report(
             "results/figures/{study}.png",

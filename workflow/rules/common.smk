@@ -5,9 +5,10 @@ import re
 import sys
 
 from sparselab.config import ConfigError, validate_config
-from sparselab.grid import expand_studies, runs_by_key, study_runs, teacher_of, with_teachers
+from sparselab.grid import expand_studies, runs_by_key, study_runs, teacher_of, upstream_runs, with_teachers
 from sparselab.io import OutputWriteError, check_writable
 from sparselab.preflight import check_on_disk
+from sparselab.vision_config import finetuned_source, model_modality
 
 
 try:
@@ -18,8 +19,12 @@ except (ConfigError, OutputWriteError) as error:
     sys.exit(f"error: {error}")
 
 RUNS = expand_studies(config)
-# the runs and the dense teachers of the distilled ones (fine-tuned, not tabled unless studied)
-RUN_BY_KEY = runs_by_key(with_teachers(RUNS, config["recipes"]))
+# the runs, the dense teachers of the distilled ones and the dense runs whose backbones are models
+# of their own (`finetuned:` sources): fine-tuned, not tabled unless studied
+RUN_BY_KEY = runs_by_key(with_teachers(RUNS, config["recipes"]) + upstream_runs(config["models"]))
+# models by modality: each has its fetch rule (fetch_model for text, fetch_vision_model for images)
+IMAGE_MODELS = sorted(name for name, entry in config["models"].items() if model_modality(entry) == "image")
+TEXT_MODELS = sorted(set(config["models"]) - set(IMAGE_MODELS))
 STUDY_RUNS = {name: study_runs(study, config["methods"]) for name, study in config["studies"].items()}
 
 
@@ -139,6 +144,28 @@ def finetune_inputs(wildcards):
     teacher = teacher_of(run, config["recipes"])
     if teacher is not None:
         inputs["teacher"] = f"results/finetune/{teacher.key}/model.compact.safetensors"
+    return inputs
+
+
+def vision_model_inputs(wildcards):
+    """The checkpoint a `finetuned:` image model is the backbone of (nothing for other sources)."""
+    upstream = finetuned_source(config["models"][wildcards.model]["source"])
+    if upstream is None:
+        return {}
+    model, task, recipe, seed = upstream
+    return {"checkpoint": f"results/finetune/{model}/{task}/dense/{recipe}/seed{seed}/model.compact.safetensors"}
+
+
+def near_zero_inputs(wildcards):
+    """The fetched model folders an ssl_vs_supervised study compares."""
+    return [f"resources/models/{model}" for model in config["studies"][wildcards.study]["models"]]
+
+
+def figure_inputs(wildcards):
+    """A study's table, and for ssl_vs_supervised the near-zero shares of its backbones."""
+    inputs = {"table": f"results/tables/{wildcards.study}.csv"}
+    if config["studies"][wildcards.study]["figure"] == "ssl_vs_supervised":
+        inputs["near_zero"] = f"results/tables/near_zero/{wildcards.study}.csv"
     return inputs
 
 

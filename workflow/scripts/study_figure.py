@@ -12,4 +12,5 @@ with log_to(snakemake.log[0]):
         snakemake.params.epsilon,
         Path(snakemake.output.png),
         Path(snakemake.output.pdf),
+        extras={name: Path(path) for name, path in snakemake.input.items() if name != "table"},
     )

@@ -15,7 +15,8 @@ class WandaScorer(Scorer):
     (weight "a.b.weight" -> module "a.b") over every real calibration token.
 
     The norms come from forward pre-hooks; inputs shaped (batch, length, in) keep only the tokens
-    the attention mask marks real, other inputs (the pooler's (batch, in)) count every row.
+    the attention mask marks real, other inputs (the pooler's (batch, in); every patch token of an
+    image batch, which has no attention mask) count every row.
     Wanda's code averages squared norms over samples instead: a constant factor per matrix, so the
     same ranking within a row. It also prunes block by block and takes each block's inputs from the
     already-pruned blocks before it; here every norm comes from the dense model in one pass,
@@ -43,12 +44,13 @@ class WandaScorer(Scorer):
         # name -> (in,) sum of squares of input feature j over real tokens
         squares = {name: torch.zeros(owner.in_features, dtype=torch.float32, device=owner.weight.device)
                    for name, owner in owners.items()}
-        real: torch.Tensor | None = None  # (batch, length) bool, the current batch's attention mask
+        real: torch.Tensor | None = None  # (batch, length) bool, the current batch's attention mask (text)
 
         def collector(name: str):
             def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
                 x = inputs[0].detach().float()  # (batch, length, in) or (batch, in)
-                tokens = x[real] if x.dim() == 3 and x.shape[:2] == real.shape else x.reshape(-1, x.shape[-1])
+                masked = real is not None and x.dim() == 3 and x.shape[:2] == real.shape
+                tokens = x[real] if masked else x.reshape(-1, x.shape[-1])
                 squares[name] += tokens.pow(2).sum(dim=0)  # tokens: (n_tokens, in)
             return hook
 
@@ -61,9 +63,10 @@ class WandaScorer(Scorer):
             with torch.no_grad():
                 for batch in calibration.batches(self.hyper["num_batches"], self.hyper["batch_size"],
                                                  self.hyper["max_length"]):
-                    # input_ids, token_type_ids, attention_mask: (batch, length); labels are not needed
+                    # input_ids, token_type_ids, attention_mask: (batch, length), or pixel_values
+                    # (batch, channels, height, width); labels are not needed
                     inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
-                    real = inputs["attention_mask"].bool()
+                    real = inputs["attention_mask"].bool() if "attention_mask" in inputs else None
                     model(**inputs)
                     drawn += 1
         finally:
