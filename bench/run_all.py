@@ -32,7 +32,7 @@ def benchmarks(quick: bool) -> list[list[str]]:
         ["training_step.py", "--model", MODEL, "--data", DATA, "--steps", "4" if quick else "20"],
         ["checkpoint_size.py"],
         ["dry_run.py", *repeats, "--job-overhead", "--jobs", "2" if quick else "8"],
-        ["resume_overhead.py", *(["--epochs-multiplier", "0.5", "--stop-at", "20"] if quick else [])],
+        ["resume_overhead.py", *(["--epochs-multiplier", "0.5", "--stop-at", "20", "--repeats", "1"] if quick else [])],
     ]
 
 
