@@ -91,7 +91,12 @@ def test_every_figure_draws_a_study_table(kind, tmp_path):
     during = curve({0.5: 0.79, 0.9: 0.65}).assign(method="pst", allocation="layerwise")
     table = pd.concat([one_shot, pruned, during])
     table.to_csv(tmp_path / "study.csv", index=False)
-    study_figure(kind, tmp_path / "study.csv", 0.01, tmp_path / "f.png", tmp_path / "f.pdf")
+    # the further table ssl_vs_supervised reads beside the study's (rule near_zero)
+    near_zero = pd.DataFrame({"model": ["m"] * 2, "description": ["a backbone"] * 2, "tau": [0.001, 0.01],
+                              "share": [0.05, 0.5], "prunable_params": [100] * 2})
+    near_zero.to_csv(tmp_path / "near_zero.csv", index=False)
+    extras = {"near_zero": tmp_path / "near_zero.csv"} if kind == "ssl_vs_supervised" else None
+    study_figure(kind, tmp_path / "study.csv", 0.01, tmp_path / "f.png", tmp_path / "f.pdf", extras)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
     assert not list(tmp_path.glob("*.tmp*"))  # written atomically
 
