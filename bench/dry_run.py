@@ -42,6 +42,14 @@ GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
 METHODS = ["magnitude", "taylor", "seven_pre", "wanda", "gmp", "seven_dyn", "pst"]
 SPARSITIES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 SEEDS = [0, 1, 2]
+# the standard recipe of params.yaml at 1x, 2x and 4x its budget, each with and without distillation
+PAPER_RECIPES = {
+    "standard_x2": {"base": "standard", "epochs_multiplier": 2},
+    "standard_x4": {"base": "standard", "epochs_multiplier": 4},
+    "standard_kd": {"base": "standard", "distillation": {"teacher_recipe": "standard"}},
+    "standard_kd_x2": {"base": "standard_kd", "epochs_multiplier": 2},
+    "standard_kd_x4": {"base": "standard_kd", "epochs_multiplier": 4},
+}
 
 
 def paper_params() -> dict:
@@ -54,7 +62,7 @@ def paper_params() -> dict:
         # validation fraction of the training set is ours to choose.
         "tasks": {task: {"source": f"hf:glue/{task}", "split": {"validation": 0.1, "seed": 0}} for task in GLUE},
         "methods": {name: ours["methods"][name] for name in METHODS},
-        "recipes": ours["recipes"],
+        "recipes": PAPER_RECIPES | {"standard": ours["recipes"]["standard"]},
         "studies": {
             "paper": {
                 "figure": "method_comparison",
@@ -64,7 +72,7 @@ def paper_params() -> dict:
                 "allocations": ["native"],
                 "structures": ["unstructured"],
                 "sparsities": SPARSITIES,
-                "recipes": list(ours["recipes"]),
+                "recipes": ["standard", *PAPER_RECIPES],
                 "seeds": SEEDS,
             }
         },
