@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sparselab.batches import Encoded, collate, iterate_batches
+from sparselab.batches import Encoded, iterate_batches
 
 
 def ragged(n=200, seed=0) -> Encoded:
@@ -17,7 +17,7 @@ def ragged(n=200, seed=0) -> Encoded:
 
 def test_collate_pads_to_longest_and_keeps_segments():
     data = Encoded([[5, 6, 7], [5]], [[0, 1, 1], [0]], [1, 0], pad_token_id=0, regression=False)
-    batch = collate(data, [0, 1])
+    batch = data.collate([0, 1])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["token_type_ids"].tolist() == [[0, 1, 1], [0, 0, 0]]

@@ -35,8 +35,23 @@ class Encoded:
         return [len(ids) for ids in self.input_ids]
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """The chosen examples padded to the longest among them (see `collate`)."""
-        return _collate_tokens(self, indices)
+        """Pad the chosen examples to the longest among them. Returns (batch, length) tensors + labels
+        (+ the examples' teacher logits, (batch, classes), when the split has them)."""
+        length = max(len(self.input_ids[i]) for i in indices)
+        input_ids = torch.full((len(indices), length), self.pad_token_id, dtype=torch.long)
+        token_type_ids = torch.zeros((len(indices), length), dtype=torch.long)
+        attention_mask = torch.zeros((len(indices), length), dtype=torch.long)
+        for row, i in enumerate(indices):
+            ids = self.input_ids[i]
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            token_type_ids[row, : len(ids)] = torch.tensor(self.token_type_ids[i])
+            attention_mask[row, : len(ids)] = 1
+        label_dtype = torch.float32 if self.regression else torch.long
+        labels = torch.tensor([self.labels[i] for i in indices], dtype=label_dtype)
+        batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.teacher_logits is not None:
+            batch["teacher_logits"] = self.teacher_logits[indices]
+        return batch
 
 
 @dataclass
@@ -84,31 +99,6 @@ def encode(rows: list[dict], tokenizer, text_fields: list[str], max_length: int,
         pad_token_id=tokenizer.pad_token_id,
         regression=regression,
     )
-
-
-def collate(data: Encoded | ImageEncoded, indices: list[int]) -> dict[str, torch.Tensor]:
-    """The batch of the chosen examples, as their split's `collate` makes it."""
-    return data.collate(indices)
-
-
-def _collate_tokens(data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
-    """Pad the chosen examples to the longest among them. Returns (batch, length) tensors + labels
-    (+ the examples' teacher logits, (batch, classes), when `data` has them)."""
-    length = max(len(data.input_ids[i]) for i in indices)
-    input_ids = torch.full((len(indices), length), data.pad_token_id, dtype=torch.long)
-    token_type_ids = torch.zeros((len(indices), length), dtype=torch.long)
-    attention_mask = torch.zeros((len(indices), length), dtype=torch.long)
-    for row, i in enumerate(indices):
-        ids = data.input_ids[i]
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        token_type_ids[row, : len(ids)] = torch.tensor(data.token_type_ids[i])
-        attention_mask[row, : len(ids)] = 1
-    label_dtype = torch.float32 if data.regression else torch.long
-    labels = torch.tensor([data.labels[i] for i in indices], dtype=label_dtype)
-    batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
-    if data.teacher_logits is not None:
-        batch["teacher_logits"] = data.teacher_logits[indices]
-    return batch
 
 
 def iterate_batches(

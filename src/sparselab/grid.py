@@ -126,18 +126,22 @@ def with_teachers(runs: list[Run], recipes: dict) -> list[Run]:
     return sorted(set(runs) | teachers)
 
 
-def upstream_runs(models: dict) -> list[Run]:
-    """The dense runs whose fine-tuned backbones are models of their own (`finetuned:` sources of
-    params.yaml's `models`), e.g. a self-supervised backbone after a supervised fine-tune."""
+def upstream_run(source: str) -> Run | None:
+    """The dense run a `finetuned:<model>/<task>/dense/<recipe>/seed<n>` model source is the
+    fine-tuned backbone of (e.g. a self-supervised backbone after a supervised fine-tune); None for
+    any other source."""
     from sparselab.vision_config import finetuned_source
 
-    runs = []
-    for entry in models.values():
-        upstream = finetuned_source(entry["source"])
-        if upstream is not None:
-            model, task, recipe, seed = upstream
-            runs.append(Run(model, task, "dense", "global", "unstructured", 0.0, recipe, seed))
-    return sorted(runs)
+    upstream = finetuned_source(source)
+    if upstream is None:
+        return None
+    model, task, recipe, seed = upstream
+    return Run(model, task, "dense", "global", "unstructured", 0.0, recipe, seed)
+
+
+def upstream_runs(models: dict) -> list[Run]:
+    """The dense runs whose fine-tuned backbones are models of their own (params.yaml's `models`)."""
+    return sorted(run for entry in models.values() if (run := upstream_run(entry["source"])) is not None)
 
 
 def runs_by_key(runs: list[Run]) -> dict[str, Run]:

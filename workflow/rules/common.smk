@@ -5,10 +5,10 @@ import re
 import sys
 
 from sparselab.config import ConfigError, validate_config
-from sparselab.grid import expand_studies, runs_by_key, study_runs, teacher_of, upstream_runs, with_teachers
+from sparselab.grid import expand_studies, runs_by_key, study_runs, teacher_of, upstream_run, upstream_runs, with_teachers
 from sparselab.io import OutputWriteError, check_writable
 from sparselab.preflight import check_on_disk
-from sparselab.vision_config import finetuned_source, model_modality
+from sparselab.vision_config import model_modality
 
 
 try:
@@ -149,11 +149,8 @@ def finetune_inputs(wildcards):
 
 def vision_model_inputs(wildcards):
     """The checkpoint a `finetuned:` image model is the backbone of (nothing for other sources)."""
-    upstream = finetuned_source(config["models"][wildcards.model]["source"])
-    if upstream is None:
-        return {}
-    model, task, recipe, seed = upstream
-    return {"checkpoint": f"results/finetune/{model}/{task}/dense/{recipe}/seed{seed}/model.compact.safetensors"}
+    run = upstream_run(config["models"][wildcards.model]["source"])
+    return {} if run is None else {"checkpoint": f"results/finetune/{run.key}/model.compact.safetensors"}
 
 
 def near_zero_inputs(wildcards):
