@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparselab.masks import (ALLOCATIONS, Structure, build_masks, keep_count, kth_largest, nm_mask, sparsity_report,
-                             top_k_flat, top_k_parts, top_k_rows)
+from sparselab.masks import (ALLOCATIONS, LastThresholds, Structure, build_masks, keep_count, kth_largest, nm_mask,
+                             sparsity_report, top_k_flat, top_k_parts, top_k_rows)
 from sparselab.prunable import PrunableSetError, select_prunable
 
 
@@ -81,6 +81,33 @@ def test_top_k_over_rows_and_parts_matches_a_full_sort_of_each_row(case):
         expected = reference_top_k(rows[row], k)
         assert torch.equal(torch.cat([keep[row] for keep in keeps]), expected), row
         assert torch.equal(whole[row], expected), row
+
+
+@pytest.mark.parametrize("k", [0, 1000, 150_000, LARGE])
+def test_top_k_rows_writes_into_the_buffer_it_is_given(k):
+    # a caller selecting every step reuses its 0/1 buffer: the same values, in that storage
+    rows = torch.stack([large_scores("uniform", torch.Generator().manual_seed(3)), large_scores("middle_ties", torch.Generator().manual_seed(4))])
+    buffer = torch.full(rows.shape, 7.0)
+    mask = top_k_rows(rows, k, torch.float32, out=buffer)
+    assert mask.data_ptr() == buffer.data_ptr()
+    for row in range(2):
+        assert torch.equal(mask[row].bool(), reference_top_k(rows[row], k)), row
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_search_started_from_the_last_thresholds_selects_the_same(case):
+    # scores drifting step by step (and k moving, as a sparsity schedule ramps) or jumping far
+    # from the last thresholds: each selection equals a fresh one
+    g = torch.Generator().manual_seed(5)
+    rows = torch.stack([large_scores(case, g), large_scores("uniform", g)])
+    last = LastThresholds()
+    for step, (drift, fraction) in enumerate([(0.0, 0.5), (1e-4, 0.49), (1e-3, 0.45), (0.5, 0.3), (0.0, 0.3), (3.0, 0.9)]):
+        rows = rows + drift * torch.randn(rows.shape, generator=g) * (rows.abs() + 1e-3)
+        k = keep_count(LARGE, 1.0 - fraction)
+        mask = top_k_rows(rows, k, last=last)
+        assert last.values is not None and last.values.shape == (2,)
+        for row in range(2):
+            assert torch.equal(mask[row], reference_top_k(rows[row], k)), (step, row)
 
 
 def test_top_k_flat_rejects_nan():

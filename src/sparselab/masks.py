@@ -37,46 +37,82 @@ _SMALL = 1 << 16
 _SAMPLE = 1 << 12
 # Counting passes tried before the rows still unresolved are selected exactly, one by one.
 _GUESSES = 12
+# A bracket holding at most this many entries is gathered and selected from, in one pass that
+# costs ~2.5 counting passes, rather than narrowed by more guesses.
+_FEW = 1 << 12
 
 
-def _count_above(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """(n,) int64: how many entries of each row of `scores` (n x N, float32 on a CPU) exceed its
-    threshold (n,).
+def _count_above(scores: torch.Tensor, thresholds: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """(n,) int64: how many entries of each of `rows` of `scores` (n x N, float32 on a CPU) exceed
+    its threshold (n,); 0 for the other rows.
 
     numpy's vectorised compare and count, row by row on views: a pass takes ~2.5x a compiled
     kernel's time, but needs no compiler, whose loading (~3 s) was most of a fresh prune job;
     torch's eager `(scores > t).sum()` is ~10x slower than either.
     """
-    rows = scores.detach().numpy()  # a view, no copy
-    return torch.tensor([np.count_nonzero(row > t) for row, t in zip(rows, thresholds.tolist())])
+    values, limits = scores.detach().numpy(), thresholds.tolist()  # a view, no copy
+    counts = torch.zeros(scores.shape[0], dtype=torch.int64)
+    for row in rows:
+        counts[row] = np.count_nonzero(values[row] > limits[row])
+    return counts
 
 
-def _threshold_search(parts: list[torch.Tensor], k: int) -> tuple[torch.Tensor, ...]:
-    """(split, low, high, count_low, count_high), each (n,): split[i] is a threshold with exactly
-    k entries of row i above it, NaN for rows without one; row i's k-th largest lies in (low, high],
-    with count_low entries above low and count_high above high.
+def _threshold_search(parts: list[torch.Tensor], k: int, near: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """(low, high, count_low, count_high), each (n,): row i's k-th largest lies in (low, high],
+    with count_low >= k entries above low and count_high < k above high.
 
     parts: (n, N_j) float32 tensors on a CPU; row i is the concatenation of their rows i (never
-    formed). Two order statistics of an evenly spaced sample bracket each row's k-th largest in
-    (low, high]; then t is searched inside the bracket by interpolation on the counts (every third
-    guess bisects, so skewed data cannot stall it). Each guess is one compare-and-count
-    pass over every part. No t exists when the k-th and (k+1)-th largest are equal (a tie no
-    threshold splits, such as many zero scores); those rows stay NaN, as do rows still open after
-    _GUESSES passes (their bracket holds few entries by then).
+    formed). Two order statistics of an evenly spaced sample bracket each row's k-th largest, or
+    probes beside `near` (n,), a guess close to it (_bracket_near); then the bracket is narrowed
+    by false position on the counts, Illinois-style (an end kept twice in a
+    row has its weight halved, so one end cannot stay put while the other creeps up on the answer),
+    until exactly k entries lie above low, the bracket holds at most _FEW entries (gathering them is
+    cheaper than more guesses), or low and high are adjacent floats (a tie at high that no threshold
+    splits, such as many zero scores). Each guess is one compare-and-count pass over the rows still
+    open; rows still open after _GUESSES guesses are left as they are.
     """
+    every_row = list(range(parts[0].shape[0]))
+
+    def count(thresholds: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        return sum(_count_above(part, thresholds, rows) for part in parts)
+
+    bracket = None if near is None else _bracket_near(count, near, k, every_row)
+    low, high, count_low, count_high = bracket if bracket is not None else _bracket_by_sample(parts, count, k)
+    # false position on f(t) = #entries above t - k: f(low) >= 0 > f(high), weights start at f
+    weight_low, weight_high = (count_low - k).double(), (count_high - k).double()
+    last_moved = torch.zeros_like(count_low)  # +1: low moved last, -1: high did, 0: neither yet
+    for _ in range(_GUESSES):
+        value = low + (high - low) * (weight_low / (weight_low - weight_high)).float()
+        value = torch.where((low < value) & (value < high), value, (low + high) / 2)
+        open_rows = (count_low != k) & (count_low - count_high > _FEW) & (low < value) & (value < high)
+        if not bool(open_rows.any()):
+            break
+        counted = count(value, open_rows.nonzero().flatten().tolist())  # converged rows are not counted again
+        up, down = open_rows & (counted >= k), open_rows & (counted < k)
+        weight_low = torch.where(up, (counted - k).double(), torch.where(down & (last_moved < 0), weight_low / 2, weight_low))
+        weight_high = torch.where(down, (counted - k).double(), torch.where(up & (last_moved > 0), weight_high / 2, weight_high))
+        last_moved = torch.where(up, 1, torch.where(down, -1, last_moved))
+        low, count_low = torch.where(up, value, low), torch.where(up, counted, count_low)
+        high, count_high = torch.where(down, value, high), torch.where(down, counted, count_high)
+    return low, high, count_low, count_high
+
+
+def _bracket_by_sample(parts: list[torch.Tensor], count: Callable, k: int) -> tuple[torch.Tensor, ...]:
+    """(low, high, count_low, count_high) of _threshold_search from two order statistics of an
+    evenly spaced sample of every row, widened to the row's range where the sample missed."""
     numel = sum(part.shape[1] for part in parts)
     stride = max(numel // _SAMPLE, 1)
     sample = torch.cat([part[:, ::stride] for part in parts], 1)  # (n, ~_SAMPLE)
     size = sample.shape[1]
     position = (numel - k) / numel * size  # where the answer sits in the ascending sample
     margin = 4.0 * size**0.5  # ~8 standard deviations of that position
-
-    def count(thresholds: torch.Tensor) -> torch.Tensor:
-        return sum(_count_above(part, thresholds) for part in parts)
-
-    low = torch.kthvalue(sample, max(int(position - margin), 1), dim=1).values
-    high = torch.kthvalue(sample, min(int(position + margin) + 1, size), dim=1).values
-    count_low, count_high = count(low), count(high)
+    every_row = list(range(sample.shape[0]))
+    # both order statistics of every row in one partial sort (torch's kthvalue over many short rows
+    # is several times slower)
+    below, above = max(int(position - margin), 1) - 1, min(int(position + margin) + 1, size) - 1
+    ordered = torch.from_numpy(np.partition(sample.numpy(), [below, above], axis=1))
+    low, high = ordered[:, below].clone(), ordered[:, above].clone()
+    count_low, count_high = count(low, every_row), count(high, every_row)
     if bool((count_low < k).any() | (count_high >= k).any()):  # the sample missed: widen to the row's range
         missed_low, missed_high = count_low < k, count_high >= k
         smallest = torch.stack([part.amin(1) for part in parts]).amin(0)
@@ -84,20 +120,36 @@ def _threshold_search(parts: list[torch.Tensor], k: int) -> tuple[torch.Tensor, 
         high = torch.where(missed_high, torch.stack([part.amax(1) for part in parts]).amax(0), high)
         count_low = torch.where(missed_low, numel, count_low)
         count_high = torch.where(missed_high, 0, count_high)
-    stuck = torch.zeros_like(count_low, dtype=torch.bool)  # low, high adjacent floats: a tie at high
-    for guess in range(_GUESSES):
-        fraction = 0.5 if guess % 3 == 2 else (count_low - k) / (count_low - count_high)
-        value = low + (high - low) * fraction
-        value = torch.where((low < value) & (value < high), value, (low + high) / 2)
-        stuck |= ~((low < value) & (value < high))  # nothing lies strictly between
-        open_rows = (count_low != k) & ~stuck
+    return low, high, count_low, count_high
+
+
+def _bracket_near(count: Callable, near: torch.Tensor, k: int, rows: list[int]) -> tuple[torch.Tensor, ...] | None:
+    """(low, high, count_low, count_high) of _threshold_search from a guess `near` (n,) of every
+    row's k-th largest (the last selection's threshold, when the scores change a little between
+    selections), or None where no bracket turned up within a few passes.
+
+    The count above the guess says on which side the answer lies; probes step away from the guess
+    on that side, by 2^-12 of its magnitude at first and 16 times as far at each pass, until the
+    count crosses k.
+    """
+    counted = count(near, rows)
+    above = counted >= k  # the guess is a lower end (the answer lies above it, or it splits)
+    low, count_low = torch.where(above, near, -math.inf), torch.where(above, counted, -1)
+    high, count_high = torch.where(above, math.inf, near), torch.where(above, -1, counted)
+    step = near.abs().clamp_min(torch.finfo(near.dtype).tiny) * 2.0**-12
+    for _ in range(_GUESSES // 2):
+        open_rows = ((count_low < 0) | (count_high < 0)) & (count_low != k)
         if not bool(open_rows.any()):
             break
-        counted = count(value)
+        probe = torch.where(above, near + step, near - step)
+        counted = count(probe, open_rows.nonzero().flatten().tolist())
         up, down = open_rows & (counted >= k), open_rows & (counted < k)
-        low, count_low = torch.where(up, value, low), torch.where(up, counted, count_low)
-        high, count_high = torch.where(down, value, high), torch.where(down, counted, count_high)
-    return torch.where(count_low == k, low, math.nan), low, high, count_low, count_high
+        low, count_low = torch.where(up, probe, low), torch.where(up, counted, count_low)
+        high, count_high = torch.where(down, probe, high), torch.where(down, counted, count_high)
+        step = step * 16.0
+    if bool((((count_low < 0) | (count_high < 0)) & (count_low != k)).any()) or not bool(torch.isfinite(near).all()):
+        return None
+    return low, high, count_low, count_high
 
 
 def kth_largest_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -119,24 +171,41 @@ def kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return kth_largest_rows(scores[None], k)[0]
 
 
-def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bool) -> list[torch.Tensor]:
+@dataclass
+class LastThresholds:
+    """The thresholds (n,) of a caller's last selection, where a caller that selects from slowly
+    changing scores every step (PST's per-layer masks, SEVEN's global one) keeps them: its next
+    search on a CPU starts beside them, a pass or two from the new k-th largest, instead of
+    sampling the scores anew."""
+
+    values: torch.Tensor | None = None
+
+
+def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bool,
+                out: list[torch.Tensor] | None = None, last: LastThresholds | None = None) -> list[torch.Tensor]:
     """Masks of the k highest entries of every row, a row being the concatenation of the parts'
     rows (parts: (n, N_j) each, never concatenated on a CPU); ties go to the lower index (the
     earlier part first).
 
     `dtype`: bool, or a float dtype for a 0/1 multiplier (what a training step multiplies with).
+    `out`: tensors shaped like the parts, of that dtype, to write the masks into (a caller that
+    selects every step reuses its buffers: a fresh tensor of tens of MB costs more in page faults
+    than the selection itself). `last`: the thresholds of the caller's previous selection, read to
+    start the search and replaced by this one's.
     A plain kthvalue over 10M scores takes ~0.2 s on one CPU thread, as long as a fine-tuning step
     of MiniLM, and during-training methods select every step; so long rows on a CPU are first
-    searched for a threshold that splits them (_threshold_search, a few counting passes).
-    Otherwise the k-th largest value is the threshold: everything above it is kept and the
-    remaining places go to the first entries equal to it.
+    narrowed to a bracket of a few thousand entries around their k-th largest (_threshold_search,
+    about five counting passes), which is then gathered and selected from. Otherwise the k-th
+    largest value is the threshold. Everything above it is kept and the remaining places go to the
+    first entries equal to it.
     """
+    if out is None:
+        out = [torch.empty(part.shape, dtype=dtype, device=part.device) for part in parts]
     rows, numel, device = parts[0].shape[0], sum(part.shape[1] for part in parts), parts[0].device
     if device.type == "cpu" and any(torch.isnan(part.sum()) and torch.isnan(part).any() for part in parts):
         raise ValueError("scores contain NaN; a scorer must return finite values")  # (a GPU does not wait to check)
     if k <= 0 or k >= numel:
-        fill = torch.zeros if k <= 0 else torch.ones
-        return [fill(part.shape, dtype=dtype, device=device) for part in parts]
+        return [buffer.fill_(k > 0) for buffer in out]
     def whole() -> torch.Tensor:  # the rows themselves: only on a GPU, or when they are short
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
@@ -150,26 +219,30 @@ def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bo
         running = torch.cumsum(ties.view(-1), 0, dtype=torch.int32 if ties.numel() < 2**31 else torch.int64)
         running = running.view_as(ties)
         rank = running - (running[:, :1] - ties[:, :1].to(running.dtype))  # 1, 2, ... along each row's ties
-        return list((above | (ties & (rank <= places))).to(dtype).split([part.shape[1] for part in parts], 1))
+        keep = (above | (ties & (rank <= places))).split([part.shape[1] for part in parts], 1)
+        return [buffer.copy_(piece) for buffer, piece in zip(out, keep)]
     if numel > _SMALL and all(part.dtype == torch.float32 for part in parts):
-        split, low, high, count_low, count_high = _threshold_search(parts, k)
-        # keeping >= the next float above t keeps exactly the entries > t
-        threshold = torch.nextafter(split, torch.tensor(math.inf))
-        tied_rows = torch.isnan(split).nonzero().flatten().tolist()  # a split row has no ties to settle
-        kept = {}  # entries >= the threshold of each tied row, where known without a pass
-        for row in tied_rows:
-            if high[row] == torch.nextafter(low[row], torch.tensor(math.inf)):  # adjacent: the k-th largest is high
-                threshold[row], kept[row] = high[row], int(count_low[row])
-            else:  # the (k - #above)-th largest of the few in the bracket
-                between = torch.cat([part[row][(part[row] > low[row]) & (part[row] <= high[row])] for part in parts])
-                threshold[row] = torch.kthvalue(between, between.numel() - (k - int(count_high[row])) + 1).values
+        near = None if last is None or last.values is None or last.values.shape != (rows,) else last.values
+        low, high, count_low, count_high = _threshold_search(parts, k, near)
+        # keeping >= the next float above low keeps exactly the count_low entries > low
+        threshold, kept = torch.nextafter(low, torch.tensor(math.inf)), count_low.tolist()
+        for row in (count_low != k).nonzero().flatten().tolist():
+            if high[row] == threshold[row]:  # adjacent floats: the k-th largest is high, tied
+                continue
+            # the (k - #above high)-th largest of the few entries in the bracket
+            between = torch.from_numpy(np.concatenate([
+                values[(values > low[row].item()) & (values <= high[row].item())]
+                for values in (part[row].detach().numpy() for part in parts)]))
+            threshold[row] = torch.kthvalue(between, between.numel() - (k - int(count_high[row])) + 1).values
+            kept[row] = int(count_high[row]) + int((between >= threshold[row]).sum())
     else:
-        threshold = kth_largest_rows(whole(), k)
-        tied_rows, kept = range(rows), {}
-    keeps = [torch.ge(part, threshold[:, None], out=torch.empty(part.shape, dtype=dtype)) for part in parts]
-    for row in tied_rows:
+        threshold, kept = kth_largest_rows(whole(), k), None
+    if last is not None:
+        last.values = threshold.clone()
+    keeps = [torch.ge(part, threshold[:, None], out=buffer) for part, buffer in zip(parts, out)]
+    for row in range(rows):
         # ties at the threshold beyond the k places
-        extra = (kept[row] if row in kept else sum(int(keep[row].sum()) for keep in keeps)) - k
+        extra = (kept[row] if kept is not None else sum(int(keep[row].sum()) for keep in keeps)) - k
         for part, keep in zip(reversed(parts), reversed(keeps)):  # the last tied entries lose
             if extra <= 0:
                 break
@@ -180,14 +253,18 @@ def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bo
     return keeps
 
 
-def top_k_rows(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """Mask of the k highest entries of every row of `scores` (n x N); ties go to the lower index."""
-    return top_k_parts([scores], k, dtype)[0]
+def top_k_rows(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool,
+               out: torch.Tensor | None = None, last: LastThresholds | None = None) -> torch.Tensor:
+    """Mask of the k highest entries of every row of `scores` (n x N); ties go to the lower index.
+    `out`: an (n x N) tensor of `dtype` to write it into; `last`: as for top_k_parts."""
+    return top_k_parts([scores], k, dtype, None if out is None else [out], last)[0]
 
 
-def top_k_flat(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """Mask of the k highest entries of a 1-D tensor; ties go to the lower index."""
-    return top_k_rows(scores[None], k, dtype)[0]
+def top_k_flat(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool,
+               last: LastThresholds | None = None) -> torch.Tensor:
+    """Mask of the k highest entries of a 1-D tensor; ties go to the lower index. `last`: as for
+    top_k_parts."""
+    return top_k_rows(scores[None], k, dtype, last=last)[0]
 
 
 @ALLOCATIONS.register("global")

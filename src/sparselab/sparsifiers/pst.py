@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparselab.fused import fused
-from sparselab.masks import keep_count, top_k_rows
+from sparselab.masks import LastThresholds, keep_count, top_k_rows
 from sparselab.schedules import cubic_sparsity
 from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier, Target
 
@@ -39,28 +39,21 @@ def _float32(device: torch.device):
 
 
 @fused
-def _effective_and_scores(weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, A_ext: torch.Tensor,
-                          B_ext: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W', S) of n stacked matrices, (n, out, in) each: W' = W + U V and S = |W'| + A_ext B_ext.
-
-    A_ext B_ext = [A | R | 1] [B ; 1^T ; C^T] = A B + R 1^T + 1 C^T, a rank r_m + 2 product.
-    """
-    effective = torch.baddbmm(weight, U, V)
-    return effective, torch.baddbmm(effective.abs(), A_ext, B_ext)
-
-
-@fused
 def _straight_through_grads(grad: torch.Tensor, effective: torch.Tensor, mask: torch.Tensor, U: torch.Tensor,
-                            V: torch.Tensor, A_ext: torch.Tensor, B_ext: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                            V: torch.Tensor, A_ext: torch.Tensor, B_ext: torch.Tensor, d_scores: torch.Tensor,
+                            d_effective: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(dU, dV, dA_ext, dB_ext) from G = dL/d(W' * M), (n, out, in), with straight-through M:
 
         dS = G * W'                      -> dA_ext = dS B_ext^T, dB_ext = A_ext^T dS
         dW' = G * M + sign(W') * dS = G * (M + |W'|)   -> dU = dW' V^T, dV = U^T dW'
 
-    dA_ext's column r_m is dR = dS 1 and dB_ext's row r_m + 1 is dC = 1^T dS.
+    dA_ext's column r_m is dR = dS 1 and dB_ext's row r_m + 1 is dC = 1^T dS. dS and dW' are
+    written into the buffers `d_scores` and `d_effective` (n, out, in): one pass computes both, and
+    no weight-sized tensor is allocated (a fresh one costs more in page faults than its pass).
+    `d_scores` may be `grad` itself: dW' is computed first.
     """
-    d_scores = grad * effective
-    d_effective = grad * (mask + effective.abs())
+    d_effective.copy_(grad * (mask + effective.abs()))
+    d_scores.copy_(grad * effective)
     # (V G^T)^T rather than G V^T: the same product, twice as fast with a thin V on a CPU
     return (V @ d_effective.mT).mT, U.mT @ d_effective, (B_ext @ d_scores.mT).mT, A_ext.mT @ d_scores
 
@@ -72,12 +65,14 @@ def extend(A: torch.Tensor, B: torch.Tensor, R: torch.Tensor, C: torch.Tensor) -
 
 
 class _MaskedWeights(torch.autograd.Function):
-    """(W + U V) * M of a group's n matrices, (n, out, in), with straight-through gradients for S.
+    """(W + U V) * M of a group's n matrices, as n (out, in) outputs, with straight-through
+    gradients for S.
 
     The mask M is a constant of the step; its straight-through gradient goes to S unchanged
     (`_straight_through_grads`). S itself is never formed here: only its gradient is needed.
     W is frozen. W' and W' * M come from the group's cache when its last mask update computed
-    them for the current U, V.
+    them for the current U, V. One output per matrix, so that their gradients arrive one by one
+    and are stacked into the group's buffer (autograd would stack them into a fresh tensor).
     """
 
     @staticmethod
@@ -88,14 +83,18 @@ class _MaskedWeights(torch.autograd.Function):
                 effective = torch.baddbmm(weight, U, V)  # W' (n, out, in)
             masked = effective * group.mask
         ctx.save_for_backward(effective, U, V, A, B, R, C, group.mask)
-        return masked.detach()  # a new tensor object: autograd records its history on it, not on the cache
+        ctx.group = group
+        return masked.detach().unbind(0)  # new tensor objects: autograd records its history on them, not on the cache
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         effective, U, V, A, B, R, C, mask = ctx.saved_tensors
-        rank = A.shape[-1]
+        group, rank = ctx.group, A.shape[-1]
+        d_scores, d_effective = group.scratch
+        grad = torch.stack(grads, out=d_scores)  # G (n, out, in), overwritten by dS
         with _float32(grad.device):
-            dU, dV, dA_ext, dB_ext = _straight_through_grads(grad, effective, mask, U, V, *extend(A, B, R, C))
+            dU, dV, dA_ext, dB_ext = _straight_through_grads(grad, effective, mask, U, V, *extend(A, B, R, C),
+                                                             d_scores, d_effective)
         return None, dU, dV, dA_ext[..., :rank], dB_ext[:, :rank], dA_ext[..., rank], dB_ext[:, rank + 1], None
 
 
@@ -106,9 +105,12 @@ class PSTGroup:
 
     weight (n, out, in): the frozen W; the Linear weights become views of it.
     U (n, out, r_w), V (n, r_w, in), A (n, out, r_m), B (n, r_m, in), R (n, out), C (n, in): trained.
-    mask (n, out, in): 0/1 in the weights' dtype. `refresh` replaces it once per optimizer step and
-    keeps W' and W' * M for the forward and backward passes that follow (two extra weight-sized
-    tensors), as long as U, V and W stay what they were.
+    mask (n, out, in): 0/1 in the weights' dtype. `refresh` recomputes it once per optimizer step and
+    keeps W' and W' * M for the forward and backward passes that follow, as long as U, V and W stay
+    what they were. All of these are buffers written in place, as are the two scratch tensors
+    (the scores in refresh, dS and dW' in the backward pass): five weight-sized tensors beside W,
+    allocated once (fresh tensors of that size, every step, cost more in page faults on a CPU than
+    the passes that fill them).
     """
 
     def __init__(self, weights: list[nn.Parameter], U: list[torch.Tensor], A: list[torch.Tensor], rank_w: int,
@@ -122,6 +124,9 @@ class PSTGroup:
         self.A, self.B = nn.Parameter(torch.stack(A).to(**like)), nn.Parameter(torch.zeros(n, rank_m, in_features, **like))
         self.R, self.C = nn.Parameter(torch.zeros(n, out_features, **like)), nn.Parameter(torch.zeros(n, in_features, **like))
         self.mask = torch.ones_like(self.weight)
+        self._effective, self._masked = torch.empty_like(self.weight), torch.empty_like(self.weight)
+        self.scratch = (torch.empty_like(self.weight), torch.empty_like(self.weight))
+        self._last = LastThresholds()  # each step's search starts beside the last one's thresholds
         self._cache: tuple | None = None
         self._outputs: tuple[torch.Tensor, ...] | None = None
         self._served: set[int] = set()
@@ -137,22 +142,31 @@ class PSTGroup:
     @torch.no_grad()
     def refresh(self, keep: int) -> None:
         """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of every matrix."""
-        with _float32(self.weight.device):
-            effective, scores = _effective_and_scores(self.weight, self.U, self.V,
-                                                      *extend(self.A, self.B, self.R, self.C))
+        scores = self._update_effective(self.scratch[0])
         n = scores.shape[0]
-        self.mask = top_k_rows(scores.view(n, -1), keep, self.mask.dtype).view_as(scores)
-        self._cache = (self._versions(), effective, effective * self.mask)
-        self._outputs = None
+        top_k_rows(scores.view(n, -1), keep, self.mask.dtype, out=self.mask.view(n, -1), last=self._last)
+        self._update_cache()
 
     @torch.no_grad()
     def restore(self, mask: torch.Tensor) -> None:
         """Set `mask` (0/1 in the weights' dtype) as the current mask with the cache that `refresh`
         would have left for it (resuming a run: the same W' computed the same way)."""
+        self._update_effective(self.scratch[0])
+        self.mask.copy_(mask)
+        self._update_cache()
+
+    def _update_effective(self, scores: torch.Tensor) -> torch.Tensor:
+        """W' = W + U V into its buffer and S = |W'| + A_ext B_ext into `scores`; returns `scores`.
+
+        A_ext B_ext = [A | R | 1] [B ; 1^T ; C^T] = A B + R 1^T + 1 C^T, a rank r_m + 2 product.
+        """
         with _float32(self.weight.device):
-            effective, _ = _effective_and_scores(self.weight, self.U, self.V, *extend(self.A, self.B, self.R, self.C))
-        self.mask = mask
-        self._cache = (self._versions(), effective, effective * self.mask)
+            torch.baddbmm(self.weight, self.U, self.V, out=self._effective)
+            return torch.abs(self._effective, out=scores).baddbmm_(*extend(self.A, self.B, self.R, self.C))
+
+    def _update_cache(self) -> None:
+        torch.mul(self._effective, self.mask, out=self._masked)
+        self._cache = (self._versions(), self._effective, self._masked)
         self._outputs = None
 
     def _versions(self) -> tuple[int, int, int]:
@@ -178,7 +192,7 @@ class PSTGroup:
         """
         grad_mode = torch.is_grad_enabled()
         if self._outputs is None or index in self._served or self._grad_mode != grad_mode:
-            self._outputs = _MaskedWeights.apply(self.weight, *self.parameters(), self).unbind(0)
+            self._outputs = _MaskedWeights.apply(self.weight, *self.parameters(), self)
             self._served, self._grad_mode = set(), grad_mode
         self._served.add(index)
         return self._outputs[index]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from sparselab.masks import keep_count, top_k_flat
+from sparselab.masks import LastThresholds, keep_count, top_k_flat
 from sparselab.schedules import seven_keep_fraction
 from sparselab.scoring.seven_pre import SevenState, check_decays
 from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier
@@ -51,6 +51,7 @@ class SevenDynamic(Sparsifier):
             raise ValueError(f"seven_dyn preset {h['preset']!r} is unknown "
                              f"(allowed: {', '.join(sorted(OFFICIAL_WINDOWS))}, or '' for none)")
         check_decays(h["a1"], h["a2"])
+        self._last = LastThresholds()  # each step's selection starts its search beside the last one's
 
     def window(self) -> tuple[int, int]:
         """(first step, length) of the pruning window."""
@@ -97,7 +98,7 @@ class SevenDynamic(Sparsifier):
             start, length = self.window()
             keep = seven_keep_fraction(step - start, length, self.target.sparsity)
             score = self.state.score  # (N,)
-            kept = top_k_flat(score, keep_count(score.numel(), 1.0 - keep), score.dtype)  # (N,) 0/1
+            kept = top_k_flat(score, keep_count(score.numel(), 1.0 - keep), score.dtype, self._last)  # (N,) 0/1
             score.mul_(kept).add_(kept).sub_(1.0)  # pruned for good: -1, below every live score
             views = kept.split([w.numel() for w in self.prunable.values()])
             self.set_multipliers({name: view.view(w.shape).to(w.dtype)
