@@ -232,8 +232,10 @@ class ParameterEfficientSparseTraining(Sparsifier):
       of the next step) instead of re-sorting the scores on every forward pass. Training sees the
       same masks, since the scores only change at optimizer steps; evaluation and any extra forward
       pass reuse the cached mask. The official per-step update is kept (the learned scores move
-      the mask at every step, also after the ramp); its exact per-layer top-k is most of what a
-      PST step costs beyond a dense one on a CPU (bench/training_step.py).
+      the mask at every step, also after the ramp). Beyond a dense step, a PST step computes the
+      scores (two rank-r products per matrix), their exact per-layer top-k and the four thin
+      products of the straight-through gradients; it saves the frozen weights' optimizer update
+      and the embeddings' gradients (bench/training_step.py).
     - the selection keeps round((1 - s) * numel) weights (the shared convention); the official
       code prunes int(s * numel).
     """
