@@ -64,12 +64,12 @@ def _threshold_search(parts: list[torch.Tensor], k: int, near: torch.Tensor | No
     parts: (n, N_j) float32 tensors on a CPU; row i is the concatenation of their rows i (never
     formed). Two order statistics of an evenly spaced sample bracket each row's k-th largest, or
     probes beside `near` (n,), a guess close to it (_bracket_near); then the bracket is narrowed
-    by false position on the counts, Illinois-style (an end kept twice in a
-    row has its weight halved, so one end cannot stay put while the other creeps up on the answer),
-    until exactly k entries lie above low, the bracket holds at most _FEW entries (gathering them is
-    cheaper than more guesses), or low and high are adjacent floats (a tie at high that no threshold
-    splits, such as many zero scores). Each guess is one compare-and-count pass over the rows still
-    open; rows still open after _GUESSES guesses are left as they are.
+    by false position on the counts, Illinois-style (an end kept twice in a row has its weight
+    halved, so one end cannot stay put while the other creeps up on the answer), until exactly k
+    entries lie above low, the bracket holds at most _FEW entries (gathering them is cheaper than
+    more guesses), or low and high are adjacent floats (a tie at high that no threshold splits,
+    such as many zero scores). Each guess is one compare-and-count pass over the rows still open;
+    rows still open after _GUESSES guesses are left as they are.
     """
     every_row = list(range(parts[0].shape[0]))
 
@@ -132,6 +132,8 @@ def _bracket_near(count: Callable, near: torch.Tensor, k: int, rows: list[int]) 
     on that side, by 2^-12 of its magnitude at first and 16 times as far at each pass, until the
     count crosses k.
     """
+    if not bool(torch.isfinite(near).all()):
+        return None
     counted = count(near, rows)
     above = counted >= k  # the guess is a lower end (the answer lies above it, or it splits)
     low, count_low = torch.where(above, near, -math.inf), torch.where(above, counted, -1)
@@ -147,7 +149,7 @@ def _bracket_near(count: Callable, near: torch.Tensor, k: int, rows: list[int]) 
         low, count_low = torch.where(up, probe, low), torch.where(up, counted, count_low)
         high, count_high = torch.where(down, probe, high), torch.where(down, counted, count_high)
         step = step * 16.0
-    if bool((((count_low < 0) | (count_high < 0)) & (count_low != k)).any()) or not bool(torch.isfinite(near).all()):
+    if bool((((count_low < 0) | (count_high < 0)) & (count_low != k)).any()):
         return None
     return low, high, count_low, count_high
 
