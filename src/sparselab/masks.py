@@ -77,7 +77,7 @@ def _threshold_search(parts: list[torch.Tensor], k: int, near: torch.Tensor | No
         return sum(_count_above(part, thresholds, rows) for part in parts)
 
     bracket = None if near is None else _bracket_near(count, near, k, every_row)
-    low, high, count_low, count_high = bracket if bracket is not None else _bracket_by_sample(parts, count, k)
+    low, high, count_low, count_high = bracket if bracket is not None else _bracket_by_sample(parts, count, k, every_row)
     # false position on f(t) = #entries above t - k: f(low) >= 0 > f(high), weights start at f
     weight_low, weight_high = (count_low - k).double(), (count_high - k).double()
     last_moved = torch.zeros_like(count_low)  # +1: low moved last, -1: high did, 0: neither yet
@@ -97,7 +97,7 @@ def _threshold_search(parts: list[torch.Tensor], k: int, near: torch.Tensor | No
     return low, high, count_low, count_high
 
 
-def _bracket_by_sample(parts: list[torch.Tensor], count: Callable, k: int) -> tuple[torch.Tensor, ...]:
+def _bracket_by_sample(parts: list[torch.Tensor], count: Callable, k: int, rows: list[int]) -> tuple[torch.Tensor, ...]:
     """(low, high, count_low, count_high) of _threshold_search from two order statistics of an
     evenly spaced sample of every row, widened to the row's range where the sample missed."""
     numel = sum(part.shape[1] for part in parts)
@@ -106,13 +106,12 @@ def _bracket_by_sample(parts: list[torch.Tensor], count: Callable, k: int) -> tu
     size = sample.shape[1]
     position = (numel - k) / numel * size  # where the answer sits in the ascending sample
     margin = 4.0 * size**0.5  # ~8 standard deviations of that position
-    every_row = list(range(sample.shape[0]))
     # both order statistics of every row in one partial sort (torch's kthvalue over many short rows
     # is several times slower)
     below, above = max(int(position - margin), 1) - 1, min(int(position + margin) + 1, size) - 1
     ordered = torch.from_numpy(np.partition(sample.numpy(), [below, above], axis=1))
     low, high = ordered[:, below].clone(), ordered[:, above].clone()
-    count_low, count_high = count(low, every_row), count(high, every_row)
+    count_low, count_high = count(low, rows), count(high, rows)
     if bool((count_low < k).any() | (count_high >= k).any()):  # the sample missed: widen to the row's range
         missed_low, missed_high = count_low < k, count_high >= k
         smallest = torch.stack([part.amin(1) for part in parts]).amin(0)
@@ -139,8 +138,12 @@ def _bracket_near(count: Callable, near: torch.Tensor, k: int, rows: list[int]) 
     low, count_low = torch.where(above, near, -math.inf), torch.where(above, counted, -1)
     high, count_high = torch.where(above, math.inf, near), torch.where(above, -1, counted)
     step = near.abs().clamp_min(torch.finfo(near.dtype).tiny) * 2.0**-12
+
+    def unbracketed() -> torch.Tensor:  # rows missing an end (-1 counts), unless low splits exactly
+        return ((count_low < 0) | (count_high < 0)) & (count_low != k)
+
     for _ in range(_GUESSES // 2):
-        open_rows = ((count_low < 0) | (count_high < 0)) & (count_low != k)
+        open_rows = unbracketed()
         if not bool(open_rows.any()):
             break
         probe = torch.where(above, near + step, near - step)
@@ -149,7 +152,7 @@ def _bracket_near(count: Callable, near: torch.Tensor, k: int, rows: list[int]) 
         low, count_low = torch.where(up, probe, low), torch.where(up, counted, count_low)
         high, count_high = torch.where(down, probe, high), torch.where(down, counted, count_high)
         step = step * 16.0
-    if bool((((count_low < 0) | (count_high < 0)) & (count_low != k)).any()):
+    if bool(unbracketed().any()):
         return None
     return low, high, count_low, count_high
 

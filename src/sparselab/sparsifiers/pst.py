@@ -141,8 +141,14 @@ class PSTGroup:
 
     @torch.no_grad()
     def refresh(self, keep: int) -> None:
-        """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of every matrix."""
-        scores = self._update_effective(self.scratch[0])
+        """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of every matrix.
+
+        A B + R 1^T + 1 C^T = [A | R | 1] [B ; 1^T ; C^T], one rank r_m + 2 product (`extend`);
+        S goes into the first scratch buffer.
+        """
+        self._update_effective()
+        with _float32(self.weight.device):
+            scores = torch.abs(self._effective, out=self.scratch[0]).baddbmm_(*extend(self.A, self.B, self.R, self.C))
         n = scores.shape[0]
         top_k_rows(scores.view(n, -1), keep, self.mask.dtype, out=self.mask.view(n, -1), last=self._last)
         self._update_cache()
@@ -151,18 +157,14 @@ class PSTGroup:
     def restore(self, mask: torch.Tensor) -> None:
         """Set `mask` (0/1 in the weights' dtype) as the current mask with the cache that `refresh`
         would have left for it (resuming a run: the same W' computed the same way)."""
-        self._update_effective(self.scratch[0])
+        self._update_effective()
         self.mask.copy_(mask)
         self._update_cache()
 
-    def _update_effective(self, scores: torch.Tensor) -> torch.Tensor:
-        """W' = W + U V into its buffer and S = |W'| + A_ext B_ext into `scores`; returns `scores`.
-
-        A_ext B_ext = [A | R | 1] [B ; 1^T ; C^T] = A B + R 1^T + 1 C^T, a rank r_m + 2 product.
-        """
+    def _update_effective(self) -> None:
+        """W' = W + U V into its buffer."""
         with _float32(self.weight.device):
             torch.baddbmm(self.weight, self.U, self.V, out=self._effective)
-            return torch.abs(self._effective, out=scores).baddbmm_(*extend(self.A, self.B, self.R, self.C))
 
     def _update_cache(self) -> None:
         torch.mul(self._effective, self.mask, out=self._masked)
