@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from sparselab.masks import (ALLOCATIONS, LastThresholds, Structure, build_masks, keep_count, kth_largest, nm_mask,
-                             sparsity_report, top_k_flat, top_k_parts, top_k_rows)
+from sparselab import kernels
+from sparselab.masks import (ALLOCATIONS, LastThresholds, Structure, _count_above, build_masks, keep_count, kth_largest,
+                             nm_mask, sparsity_report, top_k_flat, top_k_parts, top_k_rows)
 from sparselab.prunable import PrunableSetError, select_prunable
 
 
@@ -92,6 +95,20 @@ def test_top_k_rows_writes_into_the_buffer_it_is_given(k):
     assert mask.data_ptr() == buffer.data_ptr()
     for row in range(2):
         assert torch.equal(mask[row].bool(), reference_top_k(rows[row], k)), row
+    flat_buffer = torch.full(rows[1].shape, 7.0)  # SEVEN's global selection over one flat row
+    flat = top_k_flat(rows[1], k, torch.float32, out=flat_buffer)
+    assert flat.data_ptr() == flat_buffer.data_ptr() and torch.equal(flat.bool(), reference_top_k(rows[1], k))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compiled_count_equals_numpy_count(case):
+    # the counting pass of callers that select every step, against the plain one: rows left out
+    # count 0, ties at the threshold are not above it
+    g = torch.Generator().manual_seed(6)
+    rows = torch.stack([large_scores(case, g) for _ in range(3)])
+    thresholds = torch.stack([rows[0].median(), rows[1, 7], torch.tensor(-math.inf)])
+    for subset in ([0, 1, 2], [2, 0], []):
+        assert torch.equal(kernels.count_above(rows, thresholds, subset), _count_above(rows, thresholds, subset)), subset
 
 
 @pytest.mark.parametrize("case", CASES)

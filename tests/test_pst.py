@@ -12,7 +12,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from sparselab.masks import Structure, build_masks, keep_count
 from sparselab.prunable import select_prunable
 from sparselab.sparsifiers import SPARSIFIERS, Target
-from sparselab.sparsifiers.pst import ParameterEfficientSparseTraining
+from sparselab.sparsifiers.pst import ParameterEfficientSparseTraining, PSTGroup, _straight_through_grads, extend
+from sparselab.kernels import straight_through_grads
 
 
 def layerwise(sparsity: float) -> Target:
@@ -329,6 +330,49 @@ def test_gradients_of_a_group_of_matrices_match_autograd_each():
             # float32 sums in another order, of gradients up to a few hundred
             torch.testing.assert_close(got[n], params[name][n].grad, rtol=1e-5, atol=1e-3, msg=f"{name} {n}")
     assert all(grad.abs().sum() == 0 for grad in grads_of(sparsifier, "2.weight").values())
+
+
+@pytest.mark.parametrize("out_features", [4, 6, 9])  # whole row blocks of the CPU kernel, and a remainder
+def test_cpu_kernel_and_torch_path_give_the_same_gradients(out_features):
+    # the one-pass CPU kernel (pst_kernels) against the batched torch code a GPU runs, and both
+    # against the formulas: dS = G * W', dW' = G * (M + |W'|), dU = dW' V^T, dV = U^T dW',
+    # dA = dS B^T, dB = A^T dS, dR = dS 1, dC = 1^T dS
+    g = torch.Generator().manual_seed(out_features)
+    n, columns, rank_w, rank_m = 3, 7, 2, 3
+    grads = [torch.randn(out_features, columns, generator=g) for _ in range(n)]
+    effective = torch.randn(n, out_features, columns, generator=g)
+    mask = (torch.rand(n, out_features, columns, generator=g) > 0.5).float()
+    U, A = torch.randn(n, out_features, rank_w, generator=g), torch.randn(n, out_features, rank_m, generator=g)
+    V, B = torch.randn(n, rank_w, columns, generator=g), torch.randn(n, rank_m, columns, generator=g)
+    R, C = torch.randn(n, out_features, generator=g), torch.randn(n, columns, generator=g)
+    kernel = straight_through_grads(tuple(grads), mask, effective, U, V, A, B)
+
+    G = torch.stack(grads)
+    d_scores, d_effective = G * effective, G * (mask + effective.abs())
+    expected = (d_effective @ V.mT, U.mT @ d_effective, d_scores @ B.mT, A.mT @ d_scores, d_scores.sum(-1), d_scores.sum(-2))
+    buffers = (torch.empty_like(G), torch.empty_like(G))
+    dU, dV, dA_ext, dB_ext = _straight_through_grads.__wrapped__(G.clone(), effective, mask, U, V, *extend(A, B, R, C), *buffers)
+    torch_path = (dU, dV, dA_ext[..., :rank_m], dB_ext[:, :rank_m], dA_ext[..., rank_m], dB_ext[:, rank_m + 1])
+    for name, got_kernel, got_torch, want in zip("UVABRC", kernel, torch_path, expected):
+        torch.testing.assert_close(got_kernel, want, msg=f"kernel d{name}")
+        torch.testing.assert_close(got_torch, want, msg=f"torch d{name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the CPU kernel, and torch's path
+def test_effective_weight_and_scores_of_a_group(dtype):
+    g = torch.Generator().manual_seed(1)
+    weights = [nn.Parameter(torch.randn(9, 7, generator=g, dtype=dtype)) for _ in range(3)]
+    group = PSTGroup(weights, [torch.randn(9, 2, generator=g) for _ in range(3)],
+                     [torch.randn(9, 3, generator=g) for _ in range(3)], rank_w=2, rank_m=3)
+    with torch.no_grad():
+        for letter in "VBRC":
+            getattr(group, letter).normal_(generator=g)
+    effective, scores = torch.empty_like(group.weight), torch.empty_like(group.weight)
+    group.effective(out=effective, scores=scores)
+    want = group.weight + group.U @ group.V
+    torch.testing.assert_close(effective, want.detach())
+    torch.testing.assert_close(scores, (want.abs() + group.A @ group.B + group.R[..., None] + group.C[:, None]).detach())
+    torch.testing.assert_close(group.effective(), want.detach())
 
 
 def test_bf16_autocast_trains_in_float32():

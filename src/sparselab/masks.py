@@ -57,7 +57,8 @@ def _count_above(scores: torch.Tensor, thresholds: torch.Tensor, rows: list[int]
     return counts
 
 
-def _threshold_search(parts: list[torch.Tensor], k: int, near: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+def _threshold_search(parts: list[torch.Tensor], k: int, near: torch.Tensor | None = None,
+                      count_above: Callable = _count_above) -> tuple[torch.Tensor, ...]:
     """(low, high, count_low, count_high), each (n,): row i's k-th largest lies in (low, high],
     with count_low >= k entries above low and count_high < k above high.
 
@@ -69,12 +70,13 @@ def _threshold_search(parts: list[torch.Tensor], k: int, near: torch.Tensor | No
     entries lie above low, the bracket holds at most _FEW entries (gathering them is cheaper than
     more guesses), or low and high are adjacent floats (a tie at high that no threshold splits,
     such as many zero scores). Each guess is one compare-and-count pass over the rows still open;
-    rows still open after _GUESSES guesses are left as they are.
+    rows still open after _GUESSES guesses are left as they are. `count_above`: the counting pass
+    (_count_above, or a compiled one with the same contract).
     """
     every_row = list(range(parts[0].shape[0]))
 
     def count(thresholds: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        return sum(_count_above(part, thresholds, rows) for part in parts)
+        return sum(count_above(part, thresholds, rows) for part in parts)
 
     bracket = None if near is None else _bracket_near(count, near, k, every_row)
     low, high, count_low, count_high = bracket if bracket is not None else _bracket_by_sample(parts, count, k, every_row)
@@ -196,7 +198,9 @@ def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bo
     `out`: tensors shaped like the parts, of that dtype, to write the masks into (a caller that
     selects every step reuses its buffers: a fresh tensor of tens of MB costs more in page faults
     than the selection itself). `last`: the thresholds of the caller's previous selection, read to
-    start the search and replaced by this one's.
+    start the search and replaced by this one's; such a caller selects every step, so its counting
+    passes run in a compiled kernel (sparselab.kernels), whose load (~0.5 s) a one-off selection
+    would not win back.
     A plain kthvalue over 10M scores takes ~0.2 s on one CPU thread, as long as a fine-tuning step
     of MiniLM, and during-training methods select every step; so long rows on a CPU are first
     narrowed to a bracket of a few thousand entries around their k-th largest (_threshold_search,
@@ -228,7 +232,13 @@ def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bo
         return [buffer.copy_(piece) for buffer, piece in zip(out, keep)]
     if numel > _SMALL and all(part.dtype == torch.float32 for part in parts):
         near = None if last is None or last.values is None or last.values.shape != (rows,) else last.values
-        low, high, count_low, count_high = _threshold_search(parts, k, near)
+        if last is None:
+            counter = _count_above
+        else:
+            from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that select every step
+
+            counter = kernels.count_above
+        low, high, count_low, count_high = _threshold_search(parts, k, near, counter)
         # keeping >= the next float above low keeps exactly the count_low entries > low
         threshold, kept = torch.nextafter(low, torch.tensor(math.inf)), count_low.tolist()
         for row in (count_low != k).nonzero().flatten().tolist():
@@ -266,10 +276,10 @@ def top_k_rows(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool,
 
 
 def top_k_flat(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool,
-               last: LastThresholds | None = None) -> torch.Tensor:
-    """Mask of the k highest entries of a 1-D tensor; ties go to the lower index. `last`: as for
-    top_k_parts."""
-    return top_k_rows(scores[None], k, dtype, last=last)[0]
+               last: LastThresholds | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask of the k highest entries of a 1-D tensor; ties go to the lower index. `last`, `out`
+    (a 1-D tensor of `dtype` shaped like `scores`): as for top_k_parts."""
+    return top_k_rows(scores[None], k, dtype, None if out is None else out[None], last)[0]
 
 
 @ALLOCATIONS.register("global")

@@ -69,7 +69,8 @@ class _MaskedWeights(torch.autograd.Function):
     gradients for S.
 
     The mask M is a constant of the step; its straight-through gradient goes to S unchanged
-    (`_straight_through_grads`). S itself is never formed here: only its gradient is needed.
+    (`_straight_through_grads`, or on a CPU in float32 the one-pass kernel of sparselab.kernels). S
+    itself is never formed here: only its gradient is needed.
     W is frozen. W' and W' * M come from the group's cache when its last mask update computed
     them for the current U, V. One output per matrix, so that their gradients arrive one by one
     and are stacked into the group's buffer (autograd would stack them into a fresh tensor).
@@ -79,8 +80,7 @@ class _MaskedWeights(torch.autograd.Function):
     def forward(ctx, weight, U, V, A, B, R, C, group):
         effective, masked = group.cached()
         if effective is None:
-            with _float32(weight.device):
-                effective = torch.baddbmm(weight, U, V)  # W' (n, out, in)
+            effective = group.effective()  # W' (n, out, in)
             masked = effective * group.mask
         ctx.save_for_backward(effective, U, V, A, B, R, C, group.mask)
         ctx.group = group
@@ -89,8 +89,12 @@ class _MaskedWeights(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         effective, U, V, A, B, R, C, mask = ctx.saved_tensors
+        if effective.device.type == "cpu" and all(t.dtype == torch.float32 for t in (effective, U, A, *grads)):
+            from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that use it
+
+            return None, *kernels.straight_through_grads(grads, mask, effective, U, V, A, B), None
         group, rank = ctx.group, A.shape[-1]
-        d_scores, d_effective = group.scratch
+        d_scores, d_effective = group.backward_buffers()
         grad = torch.stack(grads, out=d_scores)  # G (n, out, in), overwritten by dS
         with _float32(grad.device):
             dU, dV, dA_ext, dB_ext = _straight_through_grads(grad, effective, mask, U, V, *extend(A, B, R, C),
@@ -107,10 +111,10 @@ class PSTGroup:
     U (n, out, r_w), V (n, r_w, in), A (n, out, r_m), B (n, r_m, in), R (n, out), C (n, in): trained.
     mask (n, out, in): 0/1 in the weights' dtype. `refresh` recomputes it once per optimizer step and
     keeps W' and W' * M for the forward and backward passes that follow, as long as U, V and W stay
-    what they were. All of these are buffers written in place, as are the two scratch tensors
-    (the scores in refresh, dS and dW' in the backward pass): five weight-sized tensors beside W,
-    allocated once (fresh tensors of that size, every step, cost more in page faults on a CPU than
-    the passes that fill them).
+    what they were. All of these are buffers written in place, as is the scores buffer (S in
+    refresh, and dS in a backward pass on torch's path, which adds one for dW'): four or five
+    weight-sized tensors beside W, allocated once (fresh tensors of that size, every step, cost
+    more in page faults on a CPU than the passes that fill them).
     """
 
     def __init__(self, weights: list[nn.Parameter], U: list[torch.Tensor], A: list[torch.Tensor], rank_w: int,
@@ -125,7 +129,8 @@ class PSTGroup:
         self.R, self.C = nn.Parameter(torch.zeros(n, out_features, **like)), nn.Parameter(torch.zeros(n, in_features, **like))
         self.mask = torch.ones_like(self.weight)
         self._effective, self._masked = torch.empty_like(self.weight), torch.empty_like(self.weight)
-        self.scratch = (torch.empty_like(self.weight), torch.empty_like(self.weight))
+        self._scores = torch.empty_like(self.weight)
+        self._d_effective: torch.Tensor | None = None  # dW', only on torch's path of the backward pass
         self._last = LastThresholds()  # each step's search starts beside the last one's thresholds
         self._cache: tuple | None = None
         self._outputs: tuple[torch.Tensor, ...] | None = None
@@ -135,36 +140,57 @@ class PSTGroup:
     def parameters(self) -> list[nn.Parameter]:
         return [self.U, self.V, self.A, self.B, self.R, self.C]
 
-    def effective(self) -> torch.Tensor:
-        """W' = W + U V, (n, out, in)."""
-        return torch.baddbmm(self.weight, self.U, self.V)
+    def backward_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dS, dW') buffers of torch's backward path, (n, out, in): dS shares the scores' buffer
+        (refresh is done with it by then)."""
+        if self._d_effective is None:
+            self._d_effective = torch.empty_like(self.weight)
+        return self._scores, self._d_effective
+
+    @torch.no_grad()
+    def effective(self, out: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """W' = W + U V, (n, out, in), into `out` if given; with `scores`, S = |W'| + A B + R 1^T +
+        1 C^T into it too. Every W' of a run comes from here, so a resumed run computes the same
+        values as the run it continues.
+
+        On a CPU in float32, one pass of a compiled kernel (sparselab.kernels); else torch, where
+        A B + R 1^T + 1 C^T = [A | R | 1] [B ; 1^T ; C^T] is one rank r_m + 2 product (`extend`).
+        """
+        out = torch.empty_like(self.weight) if out is None else out
+        if self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
+            from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that use it
+
+            kernels.pst_scores(self.weight, *self.parameters(), out, scores)
+            return out
+        with _float32(self.weight.device):
+            torch.baddbmm(self.weight, self.U, self.V, out=out)
+            if scores is not None:
+                torch.abs(out, out=scores).baddbmm_(*extend(self.A, self.B, self.R, self.C))
+        return out
 
     @torch.no_grad()
     def refresh(self, keep: int) -> None:
         """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of every matrix.
 
-        A B + R 1^T + 1 C^T = [A | R | 1] [B ; 1^T ; C^T], one rank r_m + 2 product (`extend`);
-        S goes into the first scratch buffer.
+        S goes into the scores buffer. Before the ramp (keep = numel) every weight is kept
+        whatever S is, so S is not computed.
         """
-        self._update_effective()
-        with _float32(self.weight.device):
-            scores = torch.abs(self._effective, out=self.scratch[0]).baddbmm_(*extend(self.A, self.B, self.R, self.C))
-        n = scores.shape[0]
-        top_k_rows(scores.view(n, -1), keep, self.mask.dtype, out=self.mask.view(n, -1), last=self._last)
+        n = self.mask.shape[0]
+        if keep >= self.mask[0].numel():
+            self.effective(out=self._effective)
+            self.mask.fill_(1)
+        else:
+            self.effective(out=self._effective, scores=self._scores)
+            top_k_rows(self._scores.view(n, -1), keep, self.mask.dtype, out=self.mask.view(n, -1), last=self._last)
         self._update_cache()
 
     @torch.no_grad()
     def restore(self, mask: torch.Tensor) -> None:
         """Set `mask` (0/1 in the weights' dtype) as the current mask with the cache that `refresh`
-        would have left for it (resuming a run: the same W' computed the same way)."""
-        self._update_effective()
+        would have left for it (resuming a run)."""
+        self.effective(out=self._effective)
         self.mask.copy_(mask)
         self._update_cache()
-
-    def _update_effective(self) -> None:
-        """W' = W + U V into its buffer."""
-        with _float32(self.weight.device):
-            torch.baddbmm(self.weight, self.U, self.V, out=self._effective)
 
     def _update_cache(self) -> None:
         torch.mul(self._effective, self.mask, out=self._masked)

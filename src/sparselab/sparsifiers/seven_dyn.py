@@ -73,6 +73,7 @@ class SevenDynamic(Sparsifier):
         super().begin(total_steps)
         # one state over all prunable weights, flat (N,): the global top-k needs no copy
         self.state = SevenState(float(self.hyper["a1"]), float(self.hyper["a2"]))
+        self._kept: torch.Tensor | None = None  # (N,) 0/1, rewritten by every selection of the window
 
     def state_dict(self) -> dict:
         """The masks and SEVEN's running statistics (EMAs, scores with the pruned ones at -1)."""
@@ -98,7 +99,11 @@ class SevenDynamic(Sparsifier):
             start, length = self.window()
             keep = seven_keep_fraction(step - start, length, self.target.sparsity)
             score = self.state.score  # (N,)
-            kept = top_k_flat(score, keep_count(score.numel(), 1.0 - keep), score.dtype, self._last)  # (N,) 0/1
+            if self._kept is None:
+                # one buffer for the whole window: a fresh (N,) tensor every step costs more in page
+                # faults on a CPU than the selection that fills it (tens of MB)
+                self._kept = torch.empty_like(score)
+            kept = top_k_flat(score, keep_count(score.numel(), 1.0 - keep), score.dtype, self._last, self._kept)
             score.mul_(kept).add_(kept).sub_(1.0)  # pruned for good: -1, below every live score
             views = kept.split([w.numel() for w in self.prunable.values()])
             self.set_multipliers({name: view.view(w.shape).to(w.dtype)
