@@ -19,10 +19,18 @@ Compiled on first use and cached on disk beside this file (numba's cache); impor
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import torch
 from numba import prange
+
+# numba's work queue, unless the user chose a threading layer: an OpenMP worker spins after each
+# parallel loop, taking a core from torch's threads or from the job beside it (two PST fine-tunes
+# on a 2-core machine ran 2.5x slower side by side); the work queue's workers sleep.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 # Rows handled together: each pass over the rows of V and B (n x in) serves this many rows.
 _BLOCK = 4

@@ -72,8 +72,9 @@ class _MaskedWeights(torch.autograd.Function):
     (`_straight_through_grads`, or on a CPU in float32 the one-pass kernel of sparselab.kernels). S
     itself is never formed here: only its gradient is needed.
     W is frozen. W' and W' * M come from the group's cache when its last mask update computed
-    them for the current U, V. One output per matrix, so that their gradients arrive one by one
-    and are stacked into the group's buffer (autograd would stack them into a fresh tensor).
+    them for the current U, V. One output per matrix, so that their gradients arrive one by one:
+    the CPU kernel reads them where they are, torch's path stacks them into the group's buffer
+    (autograd would stack them into a fresh tensor).
     """
 
     @staticmethod
@@ -262,8 +263,9 @@ class ParameterEfficientSparseTraining(Sparsifier):
       pass reuse the cached mask. The official per-step update is kept (the learned scores move
       the mask at every step, also after the ramp). Beyond a dense step, a PST step computes the
       scores (two rank-r products per matrix), their exact per-layer top-k and the four thin
-      products of the straight-through gradients; it saves the frozen weights' optimizer update
-      and the embeddings' gradients (bench/training_step.py).
+      products of the straight-through gradients (on a CPU, in numba kernels that read each
+      matrix once: sparselab.kernels); it saves the frozen weights' optimizer update and the
+      embeddings' gradients (bench/training_step.py).
     - the selection keeps round((1 - s) * numel) weights (the shared convention); the official
       code prunes int(s * numel).
     """
