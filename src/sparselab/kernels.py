@@ -32,7 +32,8 @@ from numba import prange
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-# Rows handled together: each pass over the rows of V and B (n x in) serves this many rows.
+# Rows handled together: each pass over the rows of V and B (n x in) serves this many rows
+# (_block_products unrolls them: changing it means changing that loop too).
 _BLOCK = 4
 
 

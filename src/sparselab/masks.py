@@ -57,8 +57,8 @@ def _count_above(scores: torch.Tensor, thresholds: torch.Tensor, rows: list[int]
     return counts
 
 
-def _threshold_search(parts: list[torch.Tensor], k: int, near: torch.Tensor | None = None,
-                      count_above: Callable = _count_above) -> tuple[torch.Tensor, ...]:
+def _threshold_search(parts: list[torch.Tensor], k: int, near: torch.Tensor | None,
+                      count_above: Callable) -> tuple[torch.Tensor, ...]:
     """(low, high, count_low, count_high), each (n,): row i's k-th largest lies in (low, high],
     with count_low >= k entries above low and count_high < k above high.
 

@@ -90,7 +90,7 @@ class _MaskedWeights(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         effective, U, V, A, B, R, C, mask = ctx.saved_tensors
-        if effective.device.type == "cpu" and all(t.dtype == torch.float32 for t in (effective, U, A, *grads)):
+        if ctx.group.uses_cpu_kernels:  # G has the dtype of W' * M, the weights'
             from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that use it
 
             return None, *kernels.straight_through_grads(grads, mask, effective, U, V, A, B), None
@@ -141,6 +141,12 @@ class PSTGroup:
     def parameters(self) -> list[nn.Parameter]:
         return [self.U, self.V, self.A, self.B, self.R, self.C]
 
+    @property
+    def uses_cpu_kernels(self) -> bool:
+        """Whether W', S and the straight-through gradients come from sparselab.kernels (float32
+        on a CPU: W and its PST parameters share device and dtype) rather than from torch."""
+        return self.weight.device.type == "cpu" and self.weight.dtype == torch.float32
+
     def backward_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(dS, dW') buffers of torch's backward path, (n, out, in): dS shares the scores' buffer
         (refresh is done with it by then)."""
@@ -158,7 +164,7 @@ class PSTGroup:
         A B + R 1^T + 1 C^T = [A | R | 1] [B ; 1^T ; C^T] is one rank r_m + 2 product (`extend`).
         """
         out = torch.empty_like(self.weight) if out is None else out
-        if self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
+        if self.uses_cpu_kernels:
             from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that use it
 
             kernels.pst_scores(self.weight, *self.parameters(), out, scores)
