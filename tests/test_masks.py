@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from sparselab import kernels
-from sparselab.masks import (ALLOCATIONS, LastThresholds, Structure, _count_above, build_masks, keep_count, kth_largest,
-                             nm_mask, sparsity_report, top_k_flat, top_k_parts, top_k_rows)
+from sparselab.masks import (ALLOCATIONS, LastThresholds, SelectionWindow, Structure, _count_above, build_masks,
+                             drop_extra_ties, keep_count, kth_largest, nm_mask, row_thresholds, sparsity_report,
+                             top_k_flat, top_k_parts, top_k_rows)
 from sparselab.prunable import PrunableSetError, select_prunable
 
 
@@ -243,3 +244,84 @@ def test_prunable_exclude_and_no_match(tiny_bert, bert_prunable):
     assert len(chosen) == 10
     with pytest.raises(PrunableSetError, match="matches no 2-D weight"):
         select_prunable(tiny_bert, [r"^nothing$"], [])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_row_thresholds_with_the_ties_dropped_select_the_top_k(case):
+    g = torch.Generator().manual_seed(8)
+    rows = torch.stack([large_scores(case, g) for _ in range(2)])
+    k = keep_count(LARGE, 0.6)
+    threshold, kept = row_thresholds([rows], k)
+    keep = rows >= threshold[:, None]
+    assert kept is None or kept == keep.sum(1).tolist()
+    drop_extra_ties([rows], [keep], threshold, k)
+    for row in range(2):
+        assert torch.equal(keep[row], reference_top_k(rows[row], k)), row
+
+
+def test_drop_extra_ties_by_hand():
+    scores = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0], [3.0, 2.0, 1.0, 0.0, 0.0]])
+    threshold = torch.tensor([2.0, 2.0])
+    keep = scores >= threshold[:, None]  # row 0 keeps 3 for k = 2: its last tied entry loses
+    assert drop_extra_ties([scores], [keep], threshold, 2) == [0]
+    assert keep.tolist() == [[False, True, True, False, False], [True, True, False, False, False]]
+
+
+def window_pass(window: SelectionWindow, scores: torch.Tensor) -> None:
+    """What the scores kernel does with an aimed window: count above low and high, copy the
+    entries in between (in order, as many as fit)."""
+    low, high = window.low[:, None], window.high[:, None]
+    window.counts[:, 0], window.counts[:, 1] = (scores > high).sum(1), (scores > low).sum(1)
+    window.counts[:, 2] = scores.isnan().sum(1)
+    for row in range(scores.shape[0]):
+        inside = scores[row][(scores[row] > low[row]) & (scores[row] <= high[row])][: window.values.shape[1]]
+        window.values[row, : inside.numel()] = inside
+
+
+def test_selection_window_by_hand():
+    # scores 0, 1, ..., 99 in each row: the 30th largest is 70
+    scores = torch.arange(100.0).repeat(2, 1)
+    window = SelectionWindow(2, capacity=32)
+    assert not window.aim(30)  # nothing recorded yet: no guess
+    window.record(torch.tensor([70.0, 70.0]), 30, counted=False)
+    assert window.aim(30)  # no density known: a bracket of 2^-12 of the threshold either side
+    torch.testing.assert_close(window.high - window.low, torch.full((2,), 140.0 * 2**-12))
+    window_pass(window, scores)
+    threshold, missed = window.resolve(30)
+    assert missed == [] and threshold.tolist() == [70.0, 70.0]  # 70 itself is inside
+    window.record(threshold, 30, counted=True)  # one entry inside: too few to tell the density
+    assert window.aim(30)
+    torch.testing.assert_close(window.high - window.low, torch.full((2,), 140.0 * 2**-12))
+    window.low.fill_(60.0)  # (60, 80]: 20 entries, so one per unit of score
+    window.high.fill_(80.0)
+    window_pass(window, scores)
+    threshold, missed = window.resolve(30)
+    assert missed == [] and threshold.tolist() == [70.0, 70.0]
+    window.record(threshold, 30, counted=True)
+    # keeping 10 fewer moves the centre up by 10; the threshold landed on the centre, so the
+    # bracket is the floor: 8 entries either side
+    assert window.aim(20)
+    torch.testing.assert_close((window.low + window.high) / 2, torch.full((2,), 80.0))
+    torch.testing.assert_close(window.high - window.low, torch.full((2,), 16.0))
+    window_pass(window, scores)
+    threshold, missed = window.resolve(20)
+    assert missed == [] and threshold.tolist() == [80.0, 80.0]
+    window.record(torch.tensor([83.0, 80.0]), 20, counted=True)  # say row 0 landed 3 from its centre
+    assert window.aim(20)
+    torch.testing.assert_close(window.high - window.low, torch.tensor([24.0, 16.0]))  # 4 x 3 either side
+
+
+def test_selection_window_reports_misses_and_overflows():
+    scores = torch.arange(100.0).repeat(3, 1)
+    window = SelectionWindow(3, capacity=4)
+    window.record(torch.tensor([70.0, 70.0, 70.0]), 30, counted=False)
+    window.aim(30)
+    window.low.copy_(torch.tensor([69.5, 80.0, 60.0]))  # row 1: the answer is below; row 2: 40 inside
+    window.high.copy_(torch.tensor([71.0, 90.0, 99.0]))
+    window_pass(window, scores)
+    threshold, missed = window.resolve(30)
+    assert missed == [1, 2] and threshold[0] == 70.0 and threshold[1:].isnan().all()
+    scores[0, 3] = math.nan
+    window_pass(window, scores)
+    with pytest.raises(ValueError, match="NaN"):
+        window.resolve(30)

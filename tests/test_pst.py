@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import BERT_PRUNABLE
@@ -9,7 +11,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers import BertConfig, BertForSequenceClassification
 
-from sparselab.masks import Structure, build_masks, keep_count
+from sparselab import kernels
+from sparselab.masks import SelectionWindow, Structure, build_masks, keep_count, top_k_rows
 from sparselab.prunable import select_prunable
 from sparselab.sparsifiers import SPARSIFIERS, Target
 from sparselab.sparsifiers.pst import ParameterEfficientSparseTraining, PSTGroup, _straight_through_grads, extend
@@ -386,3 +389,75 @@ def test_bf16_autocast_trains_in_float32():
     loss.backward()
     for p in sparsifier.pst_parameters():
         assert p.dtype == torch.float32 and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+def test_scores_kernel_counts_and_collects_its_window():
+    g = torch.Generator().manual_seed(3)
+    n, out, columns, rank = 3, 13, 40, 5
+    weight, U, V = torch.randn(n, out, columns, generator=g), torch.randn(n, out, rank, generator=g), torch.randn(n, rank, columns, generator=g)
+    A, B = torch.randn(n, out, 11, generator=g), torch.randn(n, 11, columns, generator=g)  # more than one pass of 8 ranks
+    R, C = torch.randn(n, out, generator=g), torch.randn(n, columns, generator=g)
+    effective, scores = torch.empty_like(weight), torch.empty_like(weight)
+    window = SelectionWindow(n, capacity=64)
+    want = (weight + U @ V).abs() + A @ B + R[..., None] + C[:, None]
+    middle = want.view(n, -1).median(1).values
+    window.low.copy_(middle - 0.5)
+    window.high.copy_(middle + 0.5)
+    weight[2, 0, 0] = math.nan
+    kernels.pst_scores(weight, U, V, A, B, R, C, effective, scores, window)
+    flat, low, high = scores.view(n, -1), window.low[:, None], window.high[:, None]
+    torch.testing.assert_close(scores[:2], want[:2])
+    assert window.counts[:, 0].tolist() == (flat > high).sum(1).tolist()
+    assert window.counts[:, 1].tolist() == (flat > low).sum(1).tolist()
+    assert window.counts[:, 2].tolist() == [0, 0, 1]
+    for row in range(n):
+        inside = flat[row][(flat[row] > low[row]) & (flat[row] <= high[row])]
+        assert 0 < inside.numel() < 64 and torch.equal(window.values[row, : inside.numel()], inside)
+
+
+def test_keep_above_writes_the_mask_and_the_masked_weight():
+    scores = torch.tensor([[0.5, 2.0, 1.0, 2.0], [3.0, -1.0, 0.0, 4.0]])
+    effective = torch.tensor([[1.0, -2.0, 3.0, -4.0], [5.0, 6.0, 7.0, 8.0]])
+    mask, masked = torch.full_like(scores, 9.0), torch.full_like(scores, 9.0)
+    kept = kernels.keep_above(scores, torch.tensor([1.0, 3.0]), effective, mask, masked)
+    assert kept.tolist() == [3, 2]
+    assert mask.tolist() == [[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0]]
+    assert masked.tolist() == [[0.0, -2.0, 3.0, -4.0], [5.0, 0.0, 0.0, 8.0]]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_windowed_selection_equals_top_k_at_every_step(tied):
+    # the CPU path (window, searched misses, one pass for M and W' * M) against top_k_rows on the
+    # same scores, over a ramp and the steps after it, with scores that drift; `tied` rounds W so
+    # that whole groups of scores tie at the threshold
+    g = torch.Generator().manual_seed(4)
+    weights = [nn.Parameter(torch.randn(64, 48, generator=g)) for _ in range(3)]
+    if tied:
+        for weight in weights:
+            weight.data = torch.round(weight.data * 4) / 4
+    group = PSTGroup(weights, [torch.randn(64, 4, generator=g) for _ in range(3)],
+                     [torch.randn(64, 4, generator=g) for _ in range(3)], rank_w=4, rank_m=4)
+    assert group.uses_cpu_kernels
+    resolved = 0
+    original = group._window.resolve
+
+    def counting(keep):
+        nonlocal resolved
+        threshold, missed = original(keep)
+        resolved += 3 - len(missed)
+        return threshold, missed
+
+    group._window.resolve = counting
+    numel = 64 * 48
+    for step in range(30):
+        keep = keep_count(numel, 0.7 * min(step + 1, 20) / 20)
+        if not tied:
+            with torch.no_grad():
+                for letter in "VBRC":
+                    getattr(group, letter).add_(torch.randn(getattr(group, letter).shape, generator=g) * 1e-3)
+        group.refresh(keep)
+        scores = (group._effective.abs() + group.A @ group.B + group.R[..., None] + group.C[:, None]).detach()
+        assert torch.equal(group.mask.view(3, -1).bool(), top_k_rows(scores.view(3, -1), keep)), step
+        assert (group.mask.view(3, -1).sum(1) == keep).all()
+        assert torch.equal(group.cached()[1], group._effective * group.mask)
+    assert resolved > 45  # most selections came from the window

@@ -8,8 +8,10 @@
   memory. Here each block of rows of G is read once: both products are formed in a small buffer
   and multiplied into all four low-rank gradients at once, about twice as fast, with no
   weight-sized tensor written. Matrices run in parallel on torch's threads.
-- `pst_scores`: PST's W' = W + U V and S = |W'| + A B + R 1^T + 1 C^T in one pass (torch: two
-  products and an abs, six passes).
+- `pst_scores`: PST's W' = W + U V and S = |W'| + A B + R 1^T + 1 C^T in one pass over each row
+  (torch: two products and an abs, six passes). It also counts and collects the scores in a
+  narrow window around where the mask's threshold is expected, which then costs no pass of its
+  own (masks.SelectionWindow); `keep_above` writes the mask and W' * M in one more pass.
 - `count_above`: the counting pass of masks.top_k_parts' threshold search, ~2x faster than
   numpy's compare-and-count (no temporary), for the callers that select every step.
 
@@ -20,11 +22,15 @@ Compiled on first use and cached on disk beside this file (numba's cache); impor
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 import torch
 from numba import prange
+
+if TYPE_CHECKING:
+    from sparselab.masks import SelectionWindow
 
 # numba's work queue, unless the user chose a threading layer: an OpenMP worker spins after each
 # parallel loop, taking a core from torch's threads or from the job beside it (two PST fine-tunes
@@ -119,35 +125,149 @@ def straight_through_grads(grads: tuple[torch.Tensor, ...], mask: torch.Tensor, 
     return dU, dV, dA, dB, dR, dC
 
 
-@numba.njit(fastmath=True, boundscheck=False, parallel=True, cache=True)
-def _scores(weight, U, V, A, B, R, C, effective, scores, with_scores) -> None:
-    n, out, columns = weight.shape
+# Fast-math flags of the scores kernel without no-NaN and no-inf, so that its NaN count is not
+# folded away.
+_FINITE_AGNOSTIC = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# Ranks a pass over a row of W' or S adds at once (a rank that is not a multiple adds zeros).
+_CHUNK = 8
+
+
+@numba.njit(inline="always")
+def _chunk(left: np.ndarray, right: np.ndarray, first: int) -> tuple:
+    """Coefficients left[first : first + _CHUNK] (rank,) and rows right[...] (rank x in) of one
+    pass; past the rank, coefficient 0 and row 0 (rows of the same array: no extra stream)."""
+    rank, zero = left.shape[0], np.float32(0.0)
+
+    def at(r):
+        return (left[r], right[r]) if r < rank else (zero, right[0])
+
+    (p0, x0), (p1, x1), (p2, x2), (p3, x3) = at(first), at(first + 1), at(first + 2), at(first + 3)
+    (p4, x4), (p5, x5), (p6, x6), (p7, x7) = at(first + 4), at(first + 5), at(first + 6), at(first + 7)
+    return (p0, p1, p2, p3, p4, p5, p6, p7), (x0, x1, x2, x3, x4, x5, x6, x7)
+
+
+@numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False, inline="always")
+def _sum8(P: tuple, X: tuple, i: int) -> float:
+    p0, p1, p2, p3, p4, p5, p6, p7 = P
+    x0, x1, x2, x3, x4, x5, x6, x7 = X
+    return (p0 * x0[i] + p1 * x1[i] + p2 * x2[i] + p3 * x3[i]) + (p4 * x4[i] + p5 * x5[i] + p6 * x6[i] + p7 * x7[i])
+
+
+@numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False)
+def _effective_row(e: np.ndarray, w: np.ndarray, u: np.ndarray, V: np.ndarray) -> None:
+    """e = w + u V for one row: (in,), (in,), (r_w,), (r_w, in); one pass per _CHUNK ranks."""
+    P, X = _chunk(u, V, 0)
+    for i in range(e.shape[0]):
+        e[i] = w[i] + _sum8(P, X, i)
+    for first in range(_CHUNK, u.shape[0], _CHUNK):
+        P, X = _chunk(u, V, first)
+        for i in range(e.shape[0]):
+            e[i] += _sum8(P, X, i)
+
+
+@numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False)
+def _score_row(s: np.ndarray, e: np.ndarray, a: np.ndarray, B: np.ndarray, r: float, c: np.ndarray) -> None:
+    """s = |e| + a B + r + c for one row: (in,), (in,), (r_m,), (r_m, in), scalar, (in,)."""
+    P, X = _chunk(a, B, 0)
+    for i in range(s.shape[0]):
+        s[i] = abs(e[i]) + r + c[i] + _sum8(P, X, i)
+    for first in range(_CHUNK, a.shape[0], _CHUNK):
+        P, X = _chunk(a, B, first)
+        for i in range(s.shape[0]):
+            s[i] += _sum8(P, X, i)
+
+
+@numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False)
+def _count_row(s: np.ndarray, low: float, high: float) -> tuple:
+    """(#entries > high, #entries > low, #NaN) of one row of scores."""
+    above_high = above_low = nan = 0
+    for i in range(s.shape[0]):
+        value = s[i]
+        above_high += value > high
+        above_low += value > low
+        nan += value != value
+    return above_high, above_low, nan
+
+
+@numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False)
+def _collect_row(s: np.ndarray, low: float, high: float, values: np.ndarray, filled: int) -> int:
+    """Append the entries of s in (low, high] to values (as many as fit); the new fill count.
+
+    Without a branch: every entry is stored at the fill position, which moves on only past an
+    entry inside (a branch on s > low, near the mask's threshold, is mispredicted at every other
+    entry: 6x slower).
+    """
+    last = values.shape[0] - 1
+    for i in range(s.shape[0]):
+        value = s[i]
+        values[min(filled, last)] = value
+        filled += (value > low) & (value <= high)
+    return filled
+
+
+@numba.njit(boundscheck=False, parallel=True, cache=True)
+def _scores(weight, U, V, A, B, R, C, effective, scores, with_scores, low, high, window, counts) -> None:
+    """See pst_scores; `window` has no columns when there is no bracket to count."""
+    n, out = weight.shape[:2]
     for k in prange(n):
+        above_high = above_low = nan = filled = 0
         for o in range(out):
-            e, w = effective[k, o], weight[k, o]
-            e[:] = w
-            for r in range(U.shape[2]):
-                u, line = U[k, o, r], V[k, r]
-                for i in range(columns):
-                    e[i] += u * line[i]
+            _effective_row(effective[k, o], weight[k, o], U[k, o], V[k])
             if with_scores:
-                s, c = scores[k, o], C[k]
-                for i in range(columns):
-                    s[i] = abs(e[i]) + R[k, o] + c[i]
-                for r in range(A.shape[2]):
-                    a, line = A[k, o, r], B[k, r]
-                    for i in range(columns):
-                        s[i] += a * line[i]
+                _score_row(scores[k, o], effective[k, o], A[k, o], B[k], R[k, o], C[k])
+                if window.shape[1] > 0:
+                    row_high, row_low, row_nan = _count_row(scores[k, o], low[k], high[k])
+                    above_high, above_low, nan = above_high + row_high, above_low + row_low, nan + row_nan
+                    if row_low > row_high and filled < window.shape[1]:
+                        filled = _collect_row(scores[k, o], low[k], high[k], window[k], filled)
+        counts[k, 0], counts[k, 1], counts[k, 2] = above_high, above_low, nan
 
 
 def pst_scores(weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-               R: torch.Tensor, C: torch.Tensor, effective: torch.Tensor, scores: torch.Tensor | None) -> None:
+               R: torch.Tensor, C: torch.Tensor, effective: torch.Tensor, scores: torch.Tensor | None,
+               window: SelectionWindow | None = None) -> None:
     """Write W' = W + U V into `effective` and, unless `scores` is None, S = |W'| + A B + R 1^T +
     1 C^T into `scores`; all float32 on a CPU: weight, effective, scores (n, out, in), U (n, out,
-    r_w), V (n, r_w, in), A (n, out, r_m), B (n, r_m, in), R (n, out), C (n, in)."""
+    r_w), V (n, r_w, in), A (n, out, r_m), B (n, r_m, in), R (n, out), C (n, in).
+
+    With `window` (and scores): while each row of S is in cache, its matrix's entries above
+    window.low and above window.high (n,) and its NaNs are counted into window.counts (n, 3), and
+    the entries in between are copied into window.values (n, capacity; as many as fit, in order):
+    the selection that follows needs no pass over S of its own (masks.SelectionWindow).
+    """
+    n = weight.shape[0]
+    if window is None or scores is None:
+        low, high, values, counts = torch.zeros(n), torch.zeros(n), torch.empty(n, 0), torch.zeros(n, 3, dtype=torch.int64)
+    else:
+        low, high, values, counts = window.low, window.high, window.values, window.counts
     _set_threads()
     _scores(*(t.detach().contiguous().numpy() for t in (weight, U, V, A, B, R, C)), effective.numpy(),
-            (effective if scores is None else scores).numpy(), scores is not None)
+            (effective if scores is None else scores).numpy(), scores is not None,
+            low.numpy(), high.numpy(), values.numpy(), counts.numpy())
+
+
+@numba.njit(boundscheck=False, parallel=True, cache=True)
+def _keep_above(scores, thresholds, effective, mask, masked, kept) -> None:
+    for k in prange(scores.shape[0]):
+        s, e, m, w, limit, count = scores[k], effective[k], mask[k], masked[k], thresholds[k], 0
+        for i in range(s.shape[0]):
+            keep = s[i] >= limit
+            m[i] = keep
+            w[i] = e[i] if keep else np.float32(0.0)
+            count += keep
+        kept[k] = count
+
+
+def keep_above(scores: torch.Tensor, thresholds: torch.Tensor, effective: torch.Tensor, mask: torch.Tensor,
+               masked: torch.Tensor) -> torch.Tensor:
+    """mask = S >= t (0/1) and masked = W' * mask, row by row, in one pass; all (n, N) float32 on a
+    CPU but thresholds (n,). Returns the entries kept per row, (n,) int64 (more than asked where
+    entries tie at the threshold)."""
+    kept = torch.zeros(scores.shape[0], dtype=torch.int64)
+    _set_threads()
+    _keep_above(scores.numpy(), thresholds.to(torch.float32).numpy(), effective.numpy(), mask.numpy(),
+                masked.numpy(), kept.numpy())
+    return kept
 
 
 @numba.njit(boundscheck=False, parallel=True, cache=True)

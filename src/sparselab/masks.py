@@ -188,6 +188,43 @@ class LastThresholds:
     values: torch.Tensor | None = None
 
 
+def row_thresholds(parts: list[torch.Tensor], k: int, last: LastThresholds | None = None
+                   ) -> tuple[torch.Tensor, list[int] | None]:
+    """(threshold (n,), kept): keeping every entry >= its row's threshold keeps the k highest of
+    the row (1 <= k < N) and any entries tied with the k-th; kept: how many that is per row, where
+    known. parts: as for top_k_parts, on a CPU; `last`: as for top_k_parts (read, then replaced).
+
+    Long float32 rows: the threshold search (_threshold_search) and a selection among the few
+    entries left in its bracket; others: kthvalue.
+    """
+    rows, numel = parts[0].shape[0], sum(part.shape[1] for part in parts)
+    if numel > _SMALL and all(part.dtype == torch.float32 for part in parts):
+        near = None if last is None or last.values is None or last.values.shape != (rows,) else last.values
+        if last is None:
+            counter = _count_above
+        else:
+            from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that select every step
+
+            counter = kernels.count_above
+        low, high, count_low, count_high = _threshold_search(parts, k, near, counter)
+        # keeping >= the next float above low keeps exactly the count_low entries > low
+        threshold, kept = torch.nextafter(low, torch.tensor(math.inf)), count_low.tolist()
+        for row in (count_low != k).nonzero().flatten().tolist():
+            if high[row] == threshold[row]:  # adjacent floats: the k-th largest is high, tied
+                continue
+            # the (k - #above high)-th largest of the few entries in the bracket
+            between = torch.from_numpy(np.concatenate([
+                values[(values > low[row].item()) & (values <= high[row].item())]
+                for values in (part[row].detach().numpy() for part in parts)]))
+            threshold[row] = torch.kthvalue(between, between.numel() - (k - int(count_high[row])) + 1).values
+            kept[row] = int(count_high[row]) + int((between >= threshold[row]).sum())
+    else:
+        threshold, kept = kth_largest_rows(torch.cat(parts, 1) if len(parts) > 1 else parts[0], k), None
+    if last is not None:
+        last.values = threshold.clone()
+    return threshold, kept
+
+
 def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bool,
                 out: list[torch.Tensor] | None = None, last: LastThresholds | None = None) -> list[torch.Tensor]:
     """Masks of the k highest entries of every row, a row being the concatenation of the parts'
@@ -210,16 +247,13 @@ def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bo
     """
     if out is None:
         out = [torch.empty(part.shape, dtype=dtype, device=part.device) for part in parts]
-    rows, numel, device = parts[0].shape[0], sum(part.shape[1] for part in parts), parts[0].device
+    numel, device = sum(part.shape[1] for part in parts), parts[0].device
     if device.type == "cpu" and any(torch.isnan(part.sum()) and torch.isnan(part).any() for part in parts):
         raise ValueError("scores contain NaN; a scorer must return finite values")  # (a GPU does not wait to check)
     if k <= 0 or k >= numel:
         return [buffer.fill_(k > 0) for buffer in out]
-    def whole() -> torch.Tensor:  # the rows themselves: only on a GPU, or when they are short
-        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-
     if device.type != "cpu":  # no host sync: the first (k - #above) tied entries by a running count
-        scores = whole()
+        scores = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         threshold = kth_largest_rows(scores, k)[:, None]
         above, ties = scores > threshold, scores == threshold
         places = k - above.sum(1, keepdim=True)
@@ -230,42 +264,105 @@ def top_k_parts(parts: list[torch.Tensor], k: int, dtype: torch.dtype = torch.bo
         rank = running - (running[:, :1] - ties[:, :1].to(running.dtype))  # 1, 2, ... along each row's ties
         keep = (above | (ties & (rank <= places))).split([part.shape[1] for part in parts], 1)
         return [buffer.copy_(piece) for buffer, piece in zip(out, keep)]
-    if numel > _SMALL and all(part.dtype == torch.float32 for part in parts):
-        near = None if last is None or last.values is None or last.values.shape != (rows,) else last.values
-        if last is None:
-            counter = _count_above
-        else:
-            from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that select every step
-
-            counter = kernels.count_above
-        low, high, count_low, count_high = _threshold_search(parts, k, near, counter)
-        # keeping >= the next float above low keeps exactly the count_low entries > low
-        threshold, kept = torch.nextafter(low, torch.tensor(math.inf)), count_low.tolist()
-        for row in (count_low != k).nonzero().flatten().tolist():
-            if high[row] == threshold[row]:  # adjacent floats: the k-th largest is high, tied
-                continue
-            # the (k - #above high)-th largest of the few entries in the bracket
-            between = torch.from_numpy(np.concatenate([
-                values[(values > low[row].item()) & (values <= high[row].item())]
-                for values in (part[row].detach().numpy() for part in parts)]))
-            threshold[row] = torch.kthvalue(between, between.numel() - (k - int(count_high[row])) + 1).values
-            kept[row] = int(count_high[row]) + int((between >= threshold[row]).sum())
-    else:
-        threshold, kept = kth_largest_rows(whole(), k), None
-    if last is not None:
-        last.values = threshold.clone()
+    threshold, kept = row_thresholds(parts, k, last)
     keeps = [torch.ge(part, threshold[:, None], out=buffer) for part, buffer in zip(parts, out)]
-    for row in range(rows):
-        # ties at the threshold beyond the k places
+    drop_extra_ties(parts, keeps, threshold, k, kept)
+    return keeps
+
+
+def drop_extra_ties(parts: list[torch.Tensor], keeps: list[torch.Tensor], threshold: torch.Tensor, k: int,
+                    kept: list[int] | None = None) -> list[int]:
+    """Make masks that keep every entry >= its row's threshold keep exactly k per row: the last
+    entries tied at the threshold lose (ties go to the lower index). parts, keeps: (n, N_j) scores
+    and their masks (bool or 0/1); threshold (n,); kept: the entries each row keeps now, if known.
+    Returns the rows changed."""
+    changed = []
+    for row in range(parts[0].shape[0]):
         extra = (kept[row] if kept is not None else sum(int(keep[row].sum()) for keep in keeps)) - k
-        for part, keep in zip(reversed(parts), reversed(keeps)):  # the last tied entries lose
+        if extra > 0:
+            changed.append(row)
+        for part, keep in zip(reversed(parts), reversed(keeps)):
             if extra <= 0:
                 break
             ties = torch.nonzero(part[row] == threshold[row]).flatten()
             dropped = ties[max(ties.numel() - extra, 0) :]
             keep[row, dropped] = False
             extra -= dropped.numel()
-    return keeps
+    return changed
+
+
+class SelectionWindow:
+    """A narrow bracket (low, high] per row around where its next k-th largest score is expected,
+    for a caller that selects the k highest of slowly changing scores every step, from scores a
+    kernel computes (PST on a CPU: sparselab.kernels.pst_scores). While each row of scores is in
+    cache, the kernel counts the entries above low and above high and copies the few in between
+    into `values`; `resolve` then finds the k-th largest among those: no pass over the scores of
+    its own, where the threshold search (row_thresholds) takes a few.
+
+    The bracket is centred on the last threshold moved by the change of k over the density of
+    scores near it (counted in the last window), and reaches 4x as far as the thresholds landed
+    from their centres (a maximum that halves at each selection), at least ~8 entries either side. A row whose answer falls outside (or with
+    more than `capacity` - 1 entries inside) is a miss, which the caller selects by
+    row_thresholds; `record` learns from both.
+    """
+
+    def __init__(self, rows: int, capacity: int) -> None:
+        self.values = torch.empty(rows, capacity)  # the scores inside each row's bracket
+        self.counts = torch.zeros(rows, 3, dtype=torch.int64)  # #above high, #above low, #NaN
+        self.low, self.high = torch.zeros(rows), torch.zeros(rows)
+        self._threshold: torch.Tensor | None = None  # of the last selection
+        self._keep = 0
+        self._centre: torch.Tensor | None = None
+        self._miss = torch.zeros(rows, dtype=torch.float64)  # |threshold - centre| of the last selection
+        self._density = torch.full((rows,), math.nan, dtype=torch.float64)  # entries per unit score
+        self._informed = torch.zeros(rows, dtype=torch.bool)  # the last centre used a density
+        self._missed_informed = torch.zeros(rows, dtype=torch.bool)  # so did the one before
+
+    def aim(self, keep: int) -> bool:
+        """Set (low, high] for a selection of `keep` per row; False before the first `record`."""
+        if self._threshold is None:
+            return False
+        threshold = self._threshold.double()
+        known = torch.isfinite(self._density) & (self._density > 0)
+        density = torch.where(known, self._density, 1.0)
+        self._centre = threshold + torch.where(known, (self._keep - keep) / density, 0.0)
+        self._informed = known
+        floor = torch.where(known, 8.0 / density, threshold.abs() * 2.0**-12)
+        half = torch.maximum(4.0 * self._miss, floor).clamp_min(torch.finfo(torch.float32).tiny)
+        self.low.copy_(self._centre - half)
+        self.high.copy_(self._centre + half)
+        return True
+
+    def resolve(self, keep: int) -> tuple[torch.Tensor, list[int]]:
+        """(threshold (n,), missed rows): every row's keep-th largest score, from `counts` and
+        `values` of the kernel's pass with the bracket `aim` set, except the rows whose answer lies
+        outside their bracket or that overflowed it (NaN there: the caller selects those)."""
+        above_high, above_low, nan = self.counts.unbind(1)
+        if bool(nan.any()):
+            raise ValueError("scores contain NaN; a scorer must return finite values")
+        inside = above_low - above_high
+        hit = (above_high < keep) & (above_low >= keep) & (inside < self.values.shape[1])
+        threshold = torch.full((hit.shape[0],), math.nan)
+        rank, sizes = (keep - above_high).tolist(), inside.tolist()  # the answer's rank among the row's entries inside
+        for row in hit.nonzero().flatten().tolist():
+            threshold[row] = torch.kthvalue(self.values[row, : sizes[row]], sizes[row] - rank[row] + 1).values
+        return threshold, (~hit).nonzero().flatten().tolist()
+
+    def record(self, threshold: torch.Tensor, keep: int, counted: bool) -> None:
+        """Learn from a selection's thresholds (n,) for `keep` per row; `counted`: whether the
+        kernel's pass counted a bracket (then its counts give the density near the threshold)."""
+        if counted:
+            inside = (self.counts[:, 1] - self.counts[:, 0]).double()
+            width = (self.high - self.low).double()
+            # a bracket holding a few entries says little about their spacing
+            self._density = torch.where(inside >= 8, inside / width, self._density)
+            # a miss of a centre that knew no density says little about the next one: it is not kept
+            # beyond the next selection
+            miss = (threshold.double() - self._centre).abs()
+            decaying = self._informed & self._missed_informed
+            self._miss = torch.where(decaying, torch.maximum(miss, self._miss / 2), miss)
+            self._missed_informed = self._informed
+        self._threshold, self._keep = threshold.clone(), keep
 
 
 def top_k_rows(scores: torch.Tensor, k: int, dtype: torch.dtype = torch.bool,

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparselab.fused import fused
-from sparselab.masks import LastThresholds, keep_count, top_k_rows
+from sparselab.masks import LastThresholds, SelectionWindow, drop_extra_ties, keep_count, row_thresholds, top_k_rows
 from sparselab.schedules import cubic_sparsity
 from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier, Target
 
@@ -31,6 +31,10 @@ from sparselab.sparsifiers.base import SPARSIFIERS, Sparsifier, Target
 # and S = |W| at first, and the scale of U, A sets how fast V, B move W' and S (with std 0.02,
 # a 79-step run leaves W' = W and the mask = the magnitude mask).
 INIT_STD = 1.0
+
+# Scores a matrix's selection window can hold (masks.SelectionWindow): windows are aimed at ~16
+# to a few hundred entries, but are wider in the first steps of a ramp; one holding more is a miss.
+_WINDOW_CAPACITY = 1 << 14
 
 
 def _float32(device: torch.device):
@@ -133,6 +137,8 @@ class PSTGroup:
         self._scores = torch.empty_like(self.weight)
         self._d_effective: torch.Tensor | None = None  # dW', only on torch's path of the backward pass
         self._last = LastThresholds()  # each step's search starts beside the last one's thresholds
+        # where each matrix's next threshold is expected, counted by the scores kernel (CPU, float32)
+        self._window = SelectionWindow(n, _WINDOW_CAPACITY) if self.uses_cpu_kernels else None
         self._cache: tuple | None = None
         self._outputs: tuple[torch.Tensor, ...] | None = None
         self._served: set[int] = set()
@@ -155,19 +161,21 @@ class PSTGroup:
         return self._scores, self._d_effective
 
     @torch.no_grad()
-    def effective(self, out: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> torch.Tensor:
+    def effective(self, out: torch.Tensor | None = None, scores: torch.Tensor | None = None,
+                  window: SelectionWindow | None = None) -> torch.Tensor:
         """W' = W + U V, (n, out, in), into `out` if given; with `scores`, S = |W'| + A B + R 1^T +
         1 C^T into it too. Every W' of a run comes from here, so a resumed run computes the same
         values as the run it continues.
 
-        On a CPU in float32, one pass of a compiled kernel (sparselab.kernels); else torch, where
-        A B + R 1^T + 1 C^T = [A | R | 1] [B ; 1^T ; C^T] is one rank r_m + 2 product (`extend`).
+        On a CPU in float32, one pass of a compiled kernel (sparselab.kernels), which also counts
+        S in `window` (a SelectionWindow, aimed); else torch, where A B + R 1^T + 1 C^T =
+        [A | R | 1] [B ; 1^T ; C^T] is one rank r_m + 2 product (`extend`).
         """
         out = torch.empty_like(self.weight) if out is None else out
         if self.uses_cpu_kernels:
             from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that use it
 
-            kernels.pst_scores(self.weight, *self.parameters(), out, scores)
+            kernels.pst_scores(self.weight, *self.parameters(), out, scores, window)
             return out
         with _float32(self.weight.device):
             torch.baddbmm(self.weight, self.U, self.V, out=out)
@@ -180,16 +188,38 @@ class PSTGroup:
         """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of every matrix.
 
         S goes into the scores buffer. Before the ramp (keep = numel) every weight is kept
-        whatever S is, so S is not computed.
+        whatever S is, so S is not computed. On a CPU in float32 the scores kernel also counts S
+        in a window around each matrix's expected threshold (masks.SelectionWindow); the matrices
+        whose threshold it missed are searched (masks.row_thresholds), and one more pass
+        (kernels.keep_above) writes M and W' * M. Elsewhere masks.top_k_rows selects. Both keep
+        the `keep` highest, ties to the lower index.
         """
-        n = self.mask.shape[0]
-        if keep >= self.mask[0].numel():
+        n, numel = self.mask.shape[0], self.mask[0].numel()
+        if keep >= numel:
             self.effective(out=self._effective)
             self.mask.fill_(1)
-        else:
+            self._update_cache()
+            return
+        scores, mask = self._scores.view(n, -1), self.mask.view(n, -1)
+        if self._window is None or keep <= 0:
             self.effective(out=self._effective, scores=self._scores)
-            top_k_rows(self._scores.view(n, -1), keep, self.mask.dtype, out=self.mask.view(n, -1), last=self._last)
-        self._update_cache()
+            top_k_rows(scores, keep, self.mask.dtype, out=mask, last=self._last)
+            self._update_cache()
+            return
+        from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that use it
+
+        aimed = self._window.aim(keep)
+        self.effective(out=self._effective, scores=self._scores, window=self._window if aimed else None)
+        threshold, missed = self._window.resolve(keep) if aimed else (torch.empty(n), list(range(n)))
+        if missed:
+            near = None if self._last.values is None else LastThresholds(self._last.values[missed])
+            threshold[missed] = row_thresholds([scores[missed]], keep, near)[0]
+        kept = kernels.keep_above(scores, threshold, self._effective.view(n, -1), mask, self._masked.view(n, -1))
+        for row in drop_extra_ties([scores], [mask], threshold, keep, kept.tolist()):
+            torch.mul(self._effective[row], self.mask[row], out=self._masked[row])
+        self._last.values = threshold
+        self._window.record(threshold, keep, counted=aimed)
+        self._update_cache(multiply=False)
 
     @torch.no_grad()
     def restore(self, mask: torch.Tensor) -> None:
@@ -199,8 +229,10 @@ class PSTGroup:
         self.mask.copy_(mask)
         self._update_cache()
 
-    def _update_cache(self) -> None:
-        torch.mul(self._effective, self.mask, out=self._masked)
+    def _update_cache(self, multiply: bool = True) -> None:
+        """Mark W' and W' * M current, computing W' * M unless `multiply` is False (written already)."""
+        if multiply:
+            torch.mul(self._effective, self.mask, out=self._masked)
         self._cache = (self._versions(), self._effective, self._masked)
         self._outputs = None
 
