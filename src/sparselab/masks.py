@@ -301,9 +301,9 @@ class SelectionWindow:
 
     The bracket is centred on the last threshold moved by the change of k over the density of
     scores near it (counted in the last window), and reaches 4x as far as the thresholds landed
-    from their centres (a maximum that halves at each selection), at least ~8 entries either side. A row whose answer falls outside (or with
-    more than `capacity` - 1 entries inside) is a miss, which the caller selects by
-    row_thresholds; `record` learns from both.
+    from their centres (a maximum that halves at each selection), at least ~8 entries either
+    side. A row whose answer falls outside (or with more than `capacity` - 1 entries inside) is a
+    miss, which the caller selects by row_thresholds; `record` learns from both.
     """
 
     def __init__(self, rows: int, capacity: int) -> None:
@@ -313,7 +313,7 @@ class SelectionWindow:
         self._threshold: torch.Tensor | None = None  # of the last selection
         self._keep = 0
         self._centre: torch.Tensor | None = None
-        self._miss = torch.zeros(rows, dtype=torch.float64)  # |threshold - centre| of the last selection
+        self._miss = torch.zeros(rows, dtype=torch.float64)  # how far thresholds land from centres
         self._density = torch.full((rows,), math.nan, dtype=torch.float64)  # entries per unit score
         self._informed = torch.zeros(rows, dtype=torch.bool)  # the last centre used a density
         self._missed_informed = torch.zeros(rows, dtype=torch.bool)  # so did the one before
@@ -343,7 +343,8 @@ class SelectionWindow:
         inside = above_low - above_high
         hit = (above_high < keep) & (above_low >= keep) & (inside < self.values.shape[1])
         threshold = torch.full((hit.shape[0],), math.nan)
-        rank, sizes = (keep - above_high).tolist(), inside.tolist()  # the answer's rank among the row's entries inside
+        # the answer's rank among the row's entries inside
+        rank, sizes = (keep - above_high).tolist(), inside.tolist()
         for row in hit.nonzero().flatten().tolist():
             threshold[row] = torch.kthvalue(self.values[row, : sizes[row]], sizes[row] - rank[row] + 1).values
         return threshold, (~hit).nonzero().flatten().tolist()
