@@ -181,9 +181,9 @@ def kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
 @dataclass
 class LastThresholds:
     """The thresholds (n,) of a caller's last selection, where a caller that selects from slowly
-    changing scores every step (PST's per-layer masks, SEVEN's global one) keeps them: its next
-    search on a CPU starts beside them, a pass or two from the new k-th largest, instead of
-    sampling the scores anew."""
+    changing scores every step (SEVEN's global mask; PST's matrices that its SelectionWindow
+    missed) keeps them: its next search on a CPU starts beside them, a pass or two from the new
+    k-th largest, instead of sampling the scores anew."""
 
     values: torch.Tensor | None = None
 
@@ -317,6 +317,11 @@ class SelectionWindow:
         self._density = torch.full((rows,), math.nan, dtype=torch.float64)  # entries per unit score
         self._informed = torch.zeros(rows, dtype=torch.bool)  # the last centre used a density
         self._missed_informed = torch.zeros(rows, dtype=torch.bool)  # so did the one before
+
+    @property
+    def last_threshold(self) -> torch.Tensor | None:
+        """(n,) the thresholds of the last recorded selection, None before it."""
+        return self._threshold
 
     def aim(self, keep: int) -> bool:
         """Set (low, high] for a selection of `keep` per row; False before the first `record`."""

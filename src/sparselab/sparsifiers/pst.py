@@ -136,8 +136,8 @@ class PSTGroup:
         self._effective, self._masked = torch.empty_like(self.weight), torch.empty_like(self.weight)
         self._scores = torch.empty_like(self.weight)
         self._d_effective: torch.Tensor | None = None  # dW', only on torch's path of the backward pass
-        self._last = LastThresholds()  # each step's search starts beside the last one's thresholds
-        # where each matrix's next threshold is expected, counted by the scores kernel (CPU, float32)
+        # where each matrix's next threshold is expected, counted by the scores kernel (CPU, float32);
+        # it keeps the last thresholds, beside which the search of a missed matrix starts
         self._window = SelectionWindow(n, _WINDOW_CAPACITY) if self.uses_cpu_kernels else None
         self._cache: tuple | None = None
         self._outputs: tuple[torch.Tensor, ...] | None = None
@@ -203,7 +203,7 @@ class PSTGroup:
         scores, mask = self._scores.view(n, -1), self.mask.view(n, -1)
         if self._window is None or keep <= 0:
             self.effective(out=self._effective, scores=self._scores)
-            top_k_rows(scores, keep, self.mask.dtype, out=mask, last=self._last)
+            top_k_rows(scores, keep, self.mask.dtype, out=mask)
             self._update_cache()
             return
         from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that use it
@@ -212,12 +212,13 @@ class PSTGroup:
         self.effective(out=self._effective, scores=self._scores, window=self._window if aimed else None)
         threshold, missed = self._window.resolve(keep) if aimed else (torch.empty(n), list(range(n)))
         if missed:
-            near = None if self._last.values is None else LastThresholds(self._last.values[missed])
-            threshold[missed] = row_thresholds([scores[missed]], keep, near)[0]
+            last = self._window.last_threshold
+            near = None if last is None else LastThresholds(last[missed])
+            rows = scores if len(missed) == n else scores[missed]  # (a subset is copied)
+            threshold[missed] = row_thresholds([rows], keep, near)[0]
         kept = kernels.keep_above(scores, threshold, self._effective.view(n, -1), mask, self._masked.view(n, -1))
         for row in drop_extra_ties([scores], [mask], threshold, keep, kept.tolist()):
             torch.mul(self._effective[row], self.mask[row], out=self._masked[row])
-        self._last.values = threshold
         self._window.record(threshold, keep, counted=aimed)
         self._update_cache(multiply=False)
 
