@@ -344,7 +344,7 @@ def test_cpu_kernel_and_torch_path_give_the_same_gradients(out_features):
     n, columns, rank_w, rank_m = 3, 7, 2, 3
     grads = [torch.randn(out_features, columns, generator=g) for _ in range(n)]
     effective = torch.randn(n, out_features, columns, generator=g)
-    mask = (torch.rand(n, out_features, columns, generator=g) > 0.5).float()
+    mask = torch.rand(n, out_features, columns, generator=g) > 0.5
     U, A = torch.randn(n, out_features, rank_w, generator=g), torch.randn(n, out_features, rank_m, generator=g)
     V, B = torch.randn(n, rank_w, columns, generator=g), torch.randn(n, rank_m, columns, generator=g)
     R, C = torch.randn(n, out_features, generator=g), torch.randn(n, columns, generator=g)
@@ -391,43 +391,93 @@ def test_bf16_autocast_trains_in_float32():
         assert p.dtype == torch.float32 and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
 
 
-def test_scores_kernel_counts_and_collects_its_window():
+# a wide window (every row has entries inside) and a narrow one (rows with one or two, which the
+# kernel finds piece by piece, and a last piece shorter than the others)
+@pytest.mark.parametrize("columns, half_width", [(40, 0.5), (200, 0.02)])
+def test_selection_kernel_counts_collects_and_keeps_above_its_window(columns, half_width):
     g = torch.Generator().manual_seed(3)
-    n, out, columns, rank = 3, 13, 40, 5
+    n, out, rank = 3, 13, 5
     weight, U, V = torch.randn(n, out, columns, generator=g), torch.randn(n, out, rank, generator=g), torch.randn(n, rank, columns, generator=g)
     A, B = torch.randn(n, out, 11, generator=g), torch.randn(n, 11, columns, generator=g)  # more than one pass of 8 ranks
     R, C = torch.randn(n, out, generator=g), torch.randn(n, columns, generator=g)
-    effective, scores = torch.empty_like(weight), torch.empty_like(weight)
+    effective, masked = torch.empty_like(weight), torch.empty_like(weight)
+    mask = torch.empty_like(weight, dtype=torch.bool)
     window = SelectionWindow(n, capacity=64)
     want = (weight + U @ V).abs() + A @ B + R[..., None] + C[:, None]
     middle = want.view(n, -1).median(1).values
-    window.low.copy_(middle - 0.5)
-    window.high.copy_(middle + 0.5)
+    window.low.copy_(middle - half_width)
+    window.high.copy_(middle + half_width)
     weight[2, 0, 0] = math.nan
-    kernels.pst_scores(weight, U, V, A, B, R, C, effective, scores, window)
-    flat, low, high = scores.view(n, -1), window.low[:, None], window.high[:, None]
-    torch.testing.assert_close(scores[:2], want[:2])
-    assert window.counts[:, 0].tolist() == (flat > high).sum(1).tolist()
-    assert window.counts[:, 1].tolist() == (flat > low).sum(1).tolist()
+    kernels.pst_select(weight, U, V, A, B, R, C, effective, mask, masked, window)
+    flat, low, high = want.view(n, -1), window.low[:, None], window.high[:, None]
+    torch.testing.assert_close(effective, weight + U @ V, equal_nan=True)
+    stored = torch.empty_like(weight)  # W' as pst_scores computes it, to the bit: a resumed run computes it there
+    kernels.pst_scores(weight, U, V, A, B, R, C, stored, None)
+    assert torch.equal(effective[:2], stored[:2])
+    assert window.counts[:, 0].tolist()[:2] == (flat > high).sum(1).tolist()[:2]
+    assert window.counts[:, 1].tolist()[:2] == (flat > low).sum(1).tolist()[:2]
     assert window.counts[:, 2].tolist() == [0, 0, 1]
-    for row in range(n):
-        inside = flat[row][(flat[row] > low[row]) & (flat[row] <= high[row])]
-        assert 0 < inside.numel() < 64 and torch.equal(window.values[row, : inside.numel()], inside)
+    for row in range(2):
+        inside = (flat[row] > low[row]) & (flat[row] <= high[row])
+        size = int(inside.sum())
+        assert 0 < size < 64
+        torch.testing.assert_close(window.values[row, :size], flat[row][inside])
+        assert window.positions[row, :size].tolist() == inside.nonzero().flatten().tolist()
+        # the entries above the window are kept, with their W'; the window's await admit_window
+        assert torch.equal(mask[row].flatten(), flat[row] > high[row])
+        assert torch.equal(masked[row], effective[row] * mask[row])
 
 
-def test_keep_above_writes_the_mask_and_the_masked_weight():
+def test_admit_window_completes_exact_top_k_with_ties_to_the_lower_position():
+    # one row of 8 entries; the window (0.5, 3] held 1.0, 2.0, 2.0, 3.0 at positions 1, 3, 5, 6;
+    # 2 entries are above it (positions 0 and 7), so keep = 4 needs 2 from the window: 3.0 and
+    # the first 2.0 (the k-th largest), not the later tied 2.0
+    window = SelectionWindow(1, capacity=8)
+    window.values[0, :4] = torch.tensor([1.0, 2.0, 2.0, 3.0])
+    window.positions[0, :4] = torch.tensor([1, 3, 5, 6])
+    window.counts[0] = torch.tensor([2, 6, 0])
+    effective = torch.arange(1.0, 9.0)[None]
+    mask = torch.tensor([[True, False, False, False, False, False, False, True]])
+    masked = torch.where(mask, effective, 0.0)
+    kernels.admit_window(window, torch.tensor([2.0]), [0], 4, effective, mask, masked)
+    assert mask[0].nonzero().flatten().tolist() == [0, 3, 6, 7]
+    assert masked.tolist() == [[1.0, 0.0, 0.0, 4.0, 0.0, 0.0, 7.0, 8.0]]
+    window.positions[0, :4] = torch.tensor([1, 3, 4, 6])  # a matrix not listed is left alone
+    kernels.admit_window(window, torch.tensor([2.0]), [], 4, effective, mask, masked)
+    assert mask[0].nonzero().flatten().tolist() == [0, 3, 6, 7]
+
+
+def test_keep_above_writes_the_mask_and_the_masked_weight_of_the_listed_rows():
     scores = torch.tensor([[0.5, 2.0, 1.0, 2.0], [3.0, -1.0, 0.0, 4.0]])
     effective = torch.tensor([[1.0, -2.0, 3.0, -4.0], [5.0, 6.0, 7.0, 8.0]])
-    mask, masked = torch.full_like(scores, 9.0), torch.full_like(scores, 9.0)
+    mask, masked = torch.zeros_like(scores, dtype=torch.bool), torch.full_like(scores, 9.0)
     kept = kernels.keep_above(scores, torch.tensor([1.0, 3.0]), effective, mask, masked)
     assert kept.tolist() == [3, 2]
-    assert mask.tolist() == [[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0]]
+    assert mask.tolist() == [[False, True, True, True], [True, False, False, True]]
     assert masked.tolist() == [[0.0, -2.0, 3.0, -4.0], [5.0, 0.0, 0.0, 8.0]]
+    masked.fill_(9.0)
+    kept = kernels.keep_above(scores, torch.tensor([1.0, 0.0]), effective, mask, masked, [1])
+    assert kept.tolist() == [0, 3]
+    assert masked.tolist() == [[9.0, 9.0, 9.0, 9.0], [5.0, 0.0, 7.0, 8.0]]
+
+
+def test_scores_of_listed_matrices_only():
+    g = torch.Generator().manual_seed(5)
+    n, out, columns = 3, 5, 9
+    weight, U, V = torch.randn(n, out, columns, generator=g), torch.randn(n, out, 2, generator=g), torch.randn(n, 2, columns, generator=g)
+    A, B = torch.randn(n, out, 3, generator=g), torch.randn(n, 3, columns, generator=g)
+    R, C = torch.randn(n, out, generator=g), torch.randn(n, columns, generator=g)
+    effective, scores = torch.zeros_like(weight), torch.zeros_like(weight)
+    kernels.pst_scores(weight, U, V, A, B, R, C, effective, scores, [2])
+    want = weight + U @ V
+    torch.testing.assert_close(effective[2], want[2])
+    torch.testing.assert_close(scores[2], want[2].abs() + A[2] @ B[2] + R[2][:, None] + C[2])
+    assert not effective[:2].any() and not scores[:2].any()
 
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_windowed_selection_equals_top_k_at_every_step(tied):
-    # the CPU path (window, searched misses, one pass for M and W' * M) against top_k_rows on the
+    # the CPU path (window, admissions, searched misses) against top_k_rows on the
     # same scores, over a ramp and the steps after it, with scores that drift; `tied` rounds W so
     # that whole groups of scores tie at the threshold
     g = torch.Generator().manual_seed(4)
@@ -456,8 +506,10 @@ def test_windowed_selection_equals_top_k_at_every_step(tied):
                 for letter in "VBRC":
                     getattr(group, letter).add_(torch.randn(getattr(group, letter).shape, generator=g) * 1e-3)
         group.refresh(keep)
-        scores = (group._effective.abs() + group.A @ group.B + group.R[..., None] + group.C[:, None]).detach()
-        assert torch.equal(group.mask.view(3, -1).bool(), top_k_rows(scores.view(3, -1), keep)), step
+        effective = group.effective()
+        assert torch.equal(group.cached()[0], effective)
+        scores = (effective.abs() + group.A @ group.B + group.R[..., None] + group.C[:, None]).detach()
+        assert torch.equal(group.mask.view(3, -1), top_k_rows(scores.view(3, -1), keep)), step
         assert (group.mask.view(3, -1).sum(1) == keep).all()
-        assert torch.equal(group.cached()[1], group._effective * group.mask)
+        assert torch.equal(group.cached()[1], effective * group.mask)
     assert resolved > 45  # most selections came from the window

@@ -8,10 +8,14 @@
   memory. Here each block of rows of G is read once: both products are formed in a small buffer
   and multiplied into all four low-rank gradients at once, about twice as fast, with no
   weight-sized tensor written. Matrices run in parallel on torch's threads.
-- `pst_scores`: PST's W' = W + U V and S = |W'| + A B + R 1^T + 1 C^T in one pass over each row
-  (torch: two products and an abs, six passes). It also counts and collects the scores in a
-  narrow window around where the mask's threshold is expected, which then costs no pass of its
-  own (masks.SelectionWindow); `keep_above` writes the mask and W' * M in one more pass.
+- `pst_select`: PST's per-step selection. One pass over each row computes W' = W + U V (written:
+  the backward pass reads it) and S = |W'| + A B + R 1^T + 1 C^T (kept in a row buffer, never
+  written: torch would take six passes and write both). While the row is in cache it counts S
+  above and below a narrow window around where the mask's threshold is expected, copies the few
+  entries inside with their positions (masks.SelectionWindow), and writes the mask (bool) and
+  W' * M of every entry above the window. `admit_window` then adds the window's entries at or
+  above the threshold: the mask costs no pass of its own. A matrix whose threshold the window
+  missed gets S from `pst_scores` and its mask from `keep_above`.
 - `count_above`: the counting pass of masks.top_k_parts' threshold search, ~2x faster than
   numpy's compare-and-count (no temporary), for the callers that select every step.
 
@@ -95,7 +99,7 @@ def _straight_through(grads, mask, effective, U, V, A, B, dU, dV, dA, dB, dR, dC
                 e, s = d_effective[j], d_scores[j]
                 row_sum = np.float32(0.0)
                 for i in range(columns):
-                    e[i] = g[i] * (m[i] + abs(w[i]))
+                    e[i] = g[i] * (np.float32(m[i]) + abs(w[i]))
                     s[i] = g[i] * w[i]
                     row_sum += s[i]
                     column_sums[i] += s[i]
@@ -108,7 +112,7 @@ def straight_through_grads(grads: tuple[torch.Tensor, ...], mask: torch.Tensor, 
                            U: torch.Tensor, V: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(dU, dV, dA, dB, dR, dC) of a PST group on a CPU, in float32.
 
-    grads: n tensors G (out, in) = dL/d(W' * M); mask, effective: M and W' (n, out, in); U, V, A, B:
+    grads: n tensors G (out, in) = dL/d(W' * M); mask, effective: M (bool) and W' (n, out, in); U, V, A, B:
     (n, out, r_w), (n, r_w, in), (n, out, r_m), (n, r_m, in). With dS = G * W' and
     dW' = G * (M + |W'|): dU = dW' V^T, dV = U^T dW', dA = dS B^T, dB = A^T dS, dR = dS 1,
     dC = 1^T dS (the same values as the torch path, up to the order of the sums).
@@ -189,83 +193,169 @@ def _count_row(s: np.ndarray, low: float, high: float) -> tuple:
     return above_high, above_low, nan
 
 
+# Entries per piece of a row that _collect_row skips when it holds none of the window's entries.
+_PIECE = 32
+
+
 @numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False)
-def _collect_row(s: np.ndarray, low: float, high: float, values: np.ndarray, filled: int) -> int:
-    """Append the entries of s in (low, high] to values (as many as fit); the new fill count.
+def _collect_row(s: np.ndarray, low: float, high: float, inside: int, values: np.ndarray, positions: np.ndarray,
+                 first: int, filled: int) -> int:
+    """Append the `inside` entries of s in (low, high] to values and their positions (first +
+    index) to positions (as many as fit); the new fill count.
 
     Without a branch: every entry is stored at the fill position, which moves on only past an
     entry inside (a branch on s > low, near the mask's threshold, is mispredicted at every other
-    entry: 6x slower).
+    entry: 6x slower). A row with fewer entries inside than pieces of _PIECE entries first counts
+    each piece (a vectorized pass) and stores only the pieces that hold one: with one or two
+    entries inside a row, as in most selections, 2-4x faster.
     """
-    last = values.shape[0] - 1
-    for i in range(s.shape[0]):
-        value = s[i]
-        values[min(filled, last)] = value
-        filled += (value > low) & (value <= high)
+    last, columns = values.shape[0] - 1, s.shape[0]
+    sparse = inside * _PIECE < columns
+    for start in range(0, columns, _PIECE):
+        stop = min(start + _PIECE, columns)
+        if sparse and stop - start == _PIECE:
+            hits = np.int32(0)
+            for j in range(_PIECE):
+                value = s[start + j]
+                hits += np.int32((value > low) & (value <= high))
+            if hits == 0:
+                continue
+        for i in range(start, stop):
+            value, slot = s[i], min(filled, last)
+            values[slot] = value
+            positions[slot] = first + i
+            filled += (value > low) & (value <= high)
     return filled
 
 
+@numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False)
+def _keep_row(s: np.ndarray, e: np.ndarray, limit: float, m: np.ndarray, w: np.ndarray) -> int:
+    """m = s > limit, w = e where kept else 0, for one row; the number kept.
+
+    w = e * float(keep) rather than a choice between e and 0, which compiles to a branch taken at
+    random (half of the entries near a mask's sparsity): 1.7x slower."""
+    count = 0
+    for i in range(s.shape[0]):
+        keep = np.int32(s[i] > limit)
+        m[i] = keep
+        w[i] = np.float32(keep) * e[i]
+        count += keep
+    return count
+
+
 @numba.njit(boundscheck=False, parallel=True, cache=True)
-def _scores(weight, U, V, A, B, R, C, effective, scores, with_scores, low, high, window, counts) -> None:
-    """See pst_scores; `window` has no columns when there is no bracket to count."""
-    n, out = weight.shape[:2]
-    for k in prange(n):
-        above_high = above_low = nan = filled = 0
+def _scores(weight, U, V, A, B, R, C, matrices, effective, scores) -> None:
+    """See pst_scores; `scores` has no rows when only W' is asked for."""
+    out = weight.shape[1]
+    for j in prange(matrices.shape[0]):
+        k = matrices[j]
         for o in range(out):
             _effective_row(effective[k, o], weight[k, o], U[k, o], V[k])
-            if with_scores:
+            if scores.shape[0] > 0:
                 _score_row(scores[k, o], effective[k, o], A[k, o], B[k], R[k, o], C[k])
-                if window.shape[1] > 0:
-                    row_high, row_low, row_nan = _count_row(scores[k, o], low[k], high[k])
-                    above_high, above_low, nan = above_high + row_high, above_low + row_low, nan + row_nan
-                    if row_low > row_high and filled < window.shape[1]:
-                        filled = _collect_row(scores[k, o], low[k], high[k], window[k], filled)
-        counts[k, 0], counts[k, 1], counts[k, 2] = above_high, above_low, nan
 
 
 def pst_scores(weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                R: torch.Tensor, C: torch.Tensor, effective: torch.Tensor, scores: torch.Tensor | None,
-               window: SelectionWindow | None = None) -> None:
+               matrices: list[int] | None = None) -> None:
     """Write W' = W + U V into `effective` and, unless `scores` is None, S = |W'| + A B + R 1^T +
-    1 C^T into `scores`; all float32 on a CPU: weight, effective, scores (n, out, in), U (n, out,
-    r_w), V (n, r_w, in), A (n, out, r_m), B (n, r_m, in), R (n, out), C (n, in).
-
-    With `window` (and scores): while each row of S is in cache, its matrix's entries above
-    window.low and above window.high (n,) and its NaNs are counted into window.counts (n, 3), and
-    the entries in between are copied into window.values (n, capacity; as many as fit, in order):
-    the selection that follows needs no pass over S of its own (masks.SelectionWindow).
-    """
-    n = weight.shape[0]
-    if window is None or scores is None:
-        low, high, values, counts = torch.zeros(n), torch.zeros(n), torch.empty(n, 0), torch.zeros(n, 3, dtype=torch.int64)
-    else:
-        low, high, values, counts = window.low, window.high, window.values, window.counts
+    1 C^T into `scores`, for the listed matrices (default: all); all float32 on a CPU: weight,
+    effective, scores (n, out, in), U (n, out, r_w), V (n, r_w, in), A (n, out, r_m), B (n, r_m,
+    in), R (n, out), C (n, in). The values are those pst_select computes."""
+    listed = np.arange(weight.shape[0]) if matrices is None else np.asarray(matrices, np.int64)
     _set_threads()
-    _scores(*(t.detach().contiguous().numpy() for t in (weight, U, V, A, B, R, C)), effective.numpy(),
-            (effective if scores is None else scores).numpy(), scores is not None,
-            low.numpy(), high.numpy(), values.numpy(), counts.numpy())
+    _scores(*(t.detach().contiguous().numpy() for t in (weight, U, V, A, B, R, C)), listed, effective.numpy(),
+            (scores if scores is not None else torch.empty(0, 0, 0)).numpy())
 
 
 @numba.njit(boundscheck=False, parallel=True, cache=True)
-def _keep_above(scores, thresholds, effective, mask, masked, kept) -> None:
-    for k in prange(scores.shape[0]):
+def _select(weight, U, V, A, B, R, C, effective, mask, masked, low, high, values, positions, counts) -> None:
+    """See pst_select."""
+    n, out, columns = weight.shape
+    for k in prange(n):
+        s = np.empty(columns, np.float32)  # S of one row: counted and compared in cache, never written
+        above_high = above_low = nan = filled = 0
+        for o in range(out):
+            e = effective[k, o]
+            _effective_row(e, weight[k, o], U[k, o], V[k])
+            _score_row(s, e, A[k, o], B[k], R[k, o], C[k])
+            row_high, row_low, row_nan = _count_row(s, low[k], high[k])
+            above_high, above_low, nan = above_high + row_high, above_low + row_low, nan + row_nan
+            if row_low > row_high and filled < values.shape[1]:
+                filled = _collect_row(s, low[k], high[k], row_low - row_high, values[k], positions[k], o * columns,
+                                      filled)
+            _keep_row(s, e, high[k], mask[k, o], masked[k, o])
+        counts[k, 0], counts[k, 1], counts[k, 2] = above_high, above_low, nan
+
+
+def pst_select(weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+               R: torch.Tensor, C: torch.Tensor, effective: torch.Tensor, mask: torch.Tensor, masked: torch.Tensor,
+               window: SelectionWindow) -> None:
+    """One pass of PST's selection with an aimed window, row by row: W' = W + U V into `effective`
+    and S = |W'| + A B + R 1^T + 1 C^T, which is not written out. S is counted above window.low
+    and window.high (n,) and its NaNs into window.counts (n, 3); its entries in between are
+    copied into window.values (n, capacity; as many as fit, in order) and their flat positions
+    into window.positions; `mask` (bool) keeps the entries above window.high and `masked` =
+    W' * mask. Shapes as for pst_scores; all float32 on a CPU. admit_window completes the masks of
+    the matrices whose threshold fell inside their window."""
+    _set_threads()
+    _select(*(t.detach().contiguous().numpy() for t in (weight, U, V, A, B, R, C)), effective.numpy(),
+            mask.numpy(), masked.numpy(), window.low.numpy(), window.high.numpy(), window.values.numpy(),
+            window.positions.numpy(), window.counts.numpy())
+
+
+@numba.njit(boundscheck=False, parallel=True, cache=True)
+def _admit(values, positions, sizes, needed, thresholds, matrices, effective, mask, masked) -> None:
+    for j in prange(matrices.shape[0]):
+        k = matrices[j]
+        t, size = thresholds[k], sizes[k]
+        ties = needed[k]  # places left for entries equal to t once those above it are in
+        for i in range(size):
+            ties -= values[k, i] > t
+        for i in range(size):
+            value = values[k, i]
+            if value > t or (value == t and ties > 0):
+                ties -= value == t
+                p = positions[k, i]
+                mask[k, p] = True
+                masked[k, p] = effective[k, p]
+
+
+def admit_window(window: SelectionWindow, thresholds: torch.Tensor, matrices: list[int], keep: int,
+                 effective: torch.Tensor, mask: torch.Tensor, masked: torch.Tensor) -> None:
+    """Complete the masks pst_select left (the entries above each window) for the listed matrices,
+    whose keep-th largest score `thresholds` (n,) lies inside their window: admit the window's
+    entries above it and, of those equal to it, the first ones by position (ties to the lower
+    index), so that exactly `keep` are kept. effective, masked: (n, N) float32, mask (n, N) bool."""
+    counts = window.counts.numpy()
+    _set_threads()
+    _admit(window.values.numpy(), window.positions.numpy(), counts[:, 1] - counts[:, 0], keep - counts[:, 0],
+           thresholds.to(torch.float32).numpy(), np.asarray(matrices, np.int64), effective.numpy(), mask.numpy(),
+           masked.numpy())
+
+
+@numba.njit(boundscheck=False, parallel=True, cache=True)
+def _keep_above(scores, thresholds, matrices, effective, mask, masked, kept) -> None:
+    for j in prange(matrices.shape[0]):
+        k = matrices[j]
         s, e, m, w, limit, count = scores[k], effective[k], mask[k], masked[k], thresholds[k], 0
         for i in range(s.shape[0]):
-            keep = s[i] >= limit
+            keep = np.int32(s[i] >= limit)
             m[i] = keep
-            w[i] = e[i] if keep else np.float32(0.0)
+            w[i] = np.float32(keep) * e[i]  # not a choice: see _keep_row
             count += keep
         kept[k] = count
 
 
 def keep_above(scores: torch.Tensor, thresholds: torch.Tensor, effective: torch.Tensor, mask: torch.Tensor,
-               masked: torch.Tensor) -> torch.Tensor:
-    """mask = S >= t (0/1) and masked = W' * mask, row by row, in one pass; all (n, N) float32 on a
-    CPU but thresholds (n,). Returns the entries kept per row, (n,) int64 (more than asked where
-    entries tie at the threshold)."""
+               masked: torch.Tensor, matrices: list[int] | None = None) -> torch.Tensor:
+    """mask = S >= t and masked = W' * mask, row by row, in one pass, for the listed rows (default:
+    all); all (n, N) float32 on a CPU but mask (bool) and thresholds (n,). Returns the entries kept
+    per row, (n,) int64, 0 for rows not listed (more than asked where entries tie at the threshold)."""
     kept = torch.zeros(scores.shape[0], dtype=torch.int64)
+    listed = np.arange(scores.shape[0]) if matrices is None else np.asarray(matrices, np.int64)
     _set_threads()
-    _keep_above(scores.numpy(), thresholds.to(torch.float32).numpy(), effective.numpy(), mask.numpy(),
+    _keep_above(scores.numpy(), thresholds.to(torch.float32).numpy(), listed, effective.numpy(), mask.numpy(),
                 masked.numpy(), kept.numpy())
     return kept
 

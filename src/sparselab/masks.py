@@ -294,10 +294,11 @@ def drop_extra_ties(parts: list[torch.Tensor], keeps: list[torch.Tensor], thresh
 class SelectionWindow:
     """A narrow bracket (low, high] per row around where its next k-th largest score is expected,
     for a caller that selects the k highest of slowly changing scores every step, from scores a
-    kernel computes (PST on a CPU: sparselab.kernels.pst_scores). While each row of scores is in
+    kernel computes (PST on a CPU: sparselab.kernels.pst_select). While each row of scores is in
     cache, the kernel counts the entries above low and above high and copies the few in between
-    into `values`; `resolve` then finds the k-th largest among those: no pass over the scores of
-    its own, where the threshold search (row_thresholds) takes a few.
+    into `values`, their flat positions into `positions`; `resolve` then finds the k-th largest
+    among those: no pass over the scores of its own, where the threshold search (row_thresholds)
+    takes a few.
 
     The bracket is centred on the last threshold moved by the change of k over the density of
     scores near it (counted in the last window), and reaches 4x as far as the thresholds landed
@@ -307,7 +308,8 @@ class SelectionWindow:
     """
 
     def __init__(self, rows: int, capacity: int) -> None:
-        self.values = torch.empty(rows, capacity)  # the scores inside each row's bracket
+        self.values = torch.empty(rows, capacity)  # the scores inside each row's bracket, in order
+        self.positions = torch.zeros(rows, capacity, dtype=torch.int64)  # where each is in its row
         self.counts = torch.zeros(rows, 3, dtype=torch.int64)  # #above high, #above low, #NaN
         self.low, self.high = torch.zeros(rows), torch.zeros(rows)
         self._threshold: torch.Tensor | None = None  # of the last selection

@@ -114,12 +114,13 @@ class PSTGroup:
 
     weight (n, out, in): the frozen W; the Linear weights become views of it.
     U (n, out, r_w), V (n, r_w, in), A (n, out, r_m), B (n, r_m, in), R (n, out), C (n, in): trained.
-    mask (n, out, in): 0/1 in the weights' dtype. `refresh` recomputes it once per optimizer step and
-    keeps W' and W' * M for the forward and backward passes that follow, as long as U, V and W stay
-    what they were. All of these are buffers written in place, as is the scores buffer (S in
-    refresh, and dS in a backward pass on torch's path, which adds one for dW'): four or five
-    weight-sized tensors beside W, allocated once (fresh tensors of that size, every step, cost
-    more in page faults on a CPU than the passes that fill them).
+    mask (n, out, in): bool (a quarter of the bytes a 0/1 float mask would write and read every
+    step). `refresh` recomputes it once per optimizer step and keeps W' and W' * M for the forward
+    and backward passes that follow, as long as U, V and W stay what they were. All of these are
+    buffers written in place, as is the scores buffer (on a CPU written only for the matrices a
+    selection window missed; on torch's path S in refresh and dS in a backward pass, which adds
+    one for dW'): weight-sized tensors beside W, allocated once (fresh tensors of that size,
+    every step, cost more in page faults on a CPU than the passes that fill them).
     """
 
     def __init__(self, weights: list[nn.Parameter], U: list[torch.Tensor], A: list[torch.Tensor], rank_w: int,
@@ -132,7 +133,7 @@ class PSTGroup:
         self.U, self.V = nn.Parameter(torch.stack(U).to(**like)), nn.Parameter(torch.zeros(n, rank_w, in_features, **like))
         self.A, self.B = nn.Parameter(torch.stack(A).to(**like)), nn.Parameter(torch.zeros(n, rank_m, in_features, **like))
         self.R, self.C = nn.Parameter(torch.zeros(n, out_features, **like)), nn.Parameter(torch.zeros(n, in_features, **like))
-        self.mask = torch.ones_like(self.weight)
+        self.mask = torch.ones_like(self.weight, dtype=torch.bool)
         self._effective, self._masked = torch.empty_like(self.weight), torch.empty_like(self.weight)
         self._scores = torch.empty_like(self.weight)
         self._d_effective: torch.Tensor | None = None  # dW', only on torch's path of the backward pass
@@ -162,20 +163,20 @@ class PSTGroup:
 
     @torch.no_grad()
     def effective(self, out: torch.Tensor | None = None, scores: torch.Tensor | None = None,
-                  window: SelectionWindow | None = None) -> torch.Tensor:
+                  matrices: list[int] | None = None) -> torch.Tensor:
         """W' = W + U V, (n, out, in), into `out` if given; with `scores`, S = |W'| + A B + R 1^T +
-        1 C^T into it too. Every W' of a run comes from here, so a resumed run computes the same
-        values as the run it continues.
+        1 C^T into it too; `matrices`: only those (on a CPU in float32; default all). Every W' of
+        a run comes from here or from the selection kernel, which computes the same values, so a
+        resumed run computes the same values as the run it continues.
 
-        On a CPU in float32, one pass of a compiled kernel (sparselab.kernels), which also counts
-        S in `window` (a SelectionWindow, aimed); else torch, where A B + R 1^T + 1 C^T =
-        [A | R | 1] [B ; 1^T ; C^T] is one rank r_m + 2 product (`extend`).
+        On a CPU in float32, one pass of a compiled kernel (sparselab.kernels); else torch, where
+        A B + R 1^T + 1 C^T = [A | R | 1] [B ; 1^T ; C^T] is one rank r_m + 2 product (`extend`).
         """
         out = torch.empty_like(self.weight) if out is None else out
         if self.uses_cpu_kernels:
             from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that use it
 
-            kernels.pst_scores(self.weight, *self.parameters(), out, scores, window)
+            kernels.pst_scores(self.weight, *self.parameters(), out, scores, matrices)
             return out
         with _float32(self.weight.device):
             torch.baddbmm(self.weight, self.U, self.V, out=out)
@@ -187,20 +188,22 @@ class PSTGroup:
     def refresh(self, keep: int) -> None:
         """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of every matrix.
 
-        S goes into the scores buffer. Before the ramp (keep = numel) every weight is kept
-        whatever S is, so S is not computed. On a CPU in float32 the scores kernel also counts S
-        in a window around each matrix's expected threshold (masks.SelectionWindow); the matrices
-        whose threshold it missed are searched (masks.row_thresholds), and one more pass
-        (kernels.keep_above) writes M and W' * M. Elsewhere masks.top_k_rows selects. Both keep
-        the `keep` highest, ties to the lower index.
+        Before the ramp (keep = numel) every weight is kept whatever S is, so S is not computed.
+        On a CPU in float32, once a selection has been recorded, one kernel pass (kernels.pst_select)
+        writes W' and computes S row by row, counts S in a window around each matrix's expected
+        threshold (masks.SelectionWindow) and writes M and W' * M for the entries above the window;
+        kernels.admit_window adds the window's entries that make the keep highest. S is never
+        written out, except for the matrices whose threshold fell outside their window: those get S
+        in the scores buffer, a search (masks.row_thresholds) and a pass of kernels.keep_above.
+        Elsewhere masks.top_k_rows selects. All keep the `keep` highest, ties to the lower index.
         """
         n, numel = self.mask.shape[0], self.mask[0].numel()
         if keep >= numel:
             self.effective(out=self._effective)
-            self.mask.fill_(1)
+            self.mask.fill_(True)
             self._update_cache()
             return
-        scores, mask = self._scores.view(n, -1), self.mask.view(n, -1)
+        scores, mask, masked = self._scores.view(n, -1), self.mask.view(n, -1), self._masked.view(n, -1)
         if self._window is None or keep <= 0:
             self.effective(out=self._effective, scores=self._scores)
             top_k_rows(scores, keep, self.mask.dtype, out=mask)
@@ -209,23 +212,29 @@ class PSTGroup:
         from sparselab import kernels  # numba's import (~0.4 s) is for the jobs that use it
 
         aimed = self._window.aim(keep)
-        self.effective(out=self._effective, scores=self._scores, window=self._window if aimed else None)
-        threshold, missed = self._window.resolve(keep) if aimed else (torch.empty(n), list(range(n)))
+        if aimed:
+            kernels.pst_select(self.weight, *self.parameters(), self._effective, self.mask, self._masked, self._window)
+            threshold, missed = self._window.resolve(keep)
+            kernels.admit_window(self._window, threshold, sorted(set(range(n)) - set(missed)), keep,
+                                 self._effective.view(n, -1), mask, masked)
+        else:
+            threshold, missed = torch.empty(n), list(range(n))
         if missed:
+            self.effective(out=self._effective, scores=self._scores, matrices=missed)
             last = self._window.last_threshold
             near = None if last is None else LastThresholds(last[missed])
             rows = scores if len(missed) == n else scores[missed]  # (a subset is copied)
             threshold[missed] = row_thresholds([rows], keep, near)[0]
-        kept = kernels.keep_above(scores, threshold, self._effective.view(n, -1), mask, self._masked.view(n, -1))
-        for row in drop_extra_ties([scores], [mask], threshold, keep, kept.tolist()):
-            torch.mul(self._effective[row], self.mask[row], out=self._masked[row])
+            kept = kernels.keep_above(scores, threshold, self._effective.view(n, -1), mask, masked, missed)
+            for row in drop_extra_ties([scores], [mask], threshold, keep, kept.tolist()):
+                torch.mul(self._effective[row], self.mask[row], out=self._masked[row])
         self._window.record(threshold, keep, counted=aimed)
         self._update_cache(multiply=False)
 
     @torch.no_grad()
     def restore(self, mask: torch.Tensor) -> None:
-        """Set `mask` (0/1 in the weights' dtype) as the current mask with the cache that `refresh`
-        would have left for it (resuming a run)."""
+        """Set `mask` (bool) as the current mask with the cache that `refresh` would have left for
+        it (resuming a run)."""
         self.effective(out=self._effective)
         self.mask.copy_(mask)
         self._update_cache()
