@@ -87,9 +87,19 @@ def test_lr_factor(schedule, warmup, step, expected):
     assert lr_factor(step, 10, recipe) == pytest.approx(expected)
 
 
-def test_bf16_autocast_keeps_masks_exact(tiny_bert, bert_prunable, tmp_path):
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """bf16 autocast on this CPU whether or not it has bf16 arithmetic (then only slower)."""
+    monkeypatch.setattr(modeling, "_cpu_has_bf16", lambda: True)
+    modeling._bf16_unsupported.cache_clear()
+    yield
+    modeling._bf16_unsupported.cache_clear()
+
+
+def test_bf16_autocast_keeps_masks_exact(tiny_bert, bert_prunable, tmp_path, cpu_bf16):
     sparsifier = fixed_mask(tiny_bert, bert_prunable)
     recipe = Recipe(epochs=2, batch_size=8, learning_rate=1e-2, precision="bf16")
+    assert isinstance(modeling.autocast(torch.device("cpu"), "bf16"), torch.autocast)
     train(tiny_bert, toy_data(), recipe, 0, torch.device("cpu"), tmp_path / "log.csv", sparsifier)
     params = dict(tiny_bert.named_parameters())
     for name, mask in sparsifier.masks.items():
@@ -121,13 +131,21 @@ def test_cuda_present_but_unusable_falls_back_to_cpu(monkeypatch, caplog):
         in caplog.text
 
 
-def test_bf16_on_a_gpu_without_it_computes_in_fp32(monkeypatch, caplog):
+def test_bf16_on_a_gpu_without_it_computes_in_fp32(monkeypatch, caplog, cpu_bf16):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="sparselab.modeling"):
+        assert isinstance(modeling.autocast(torch.device("cuda"), "bf16"), contextlib.nullcontext)
+    assert "this GPU has no bf16 arithmetic" in caplog.text
+    assert isinstance(modeling.autocast(torch.device("cpu"), "bf16"), torch.autocast)
+
+
+def test_bf16_on_a_cpu_without_it_computes_in_fp32(monkeypatch, caplog):
+    monkeypatch.setattr(modeling, "_cpu_has_bf16", lambda: False)
     modeling._bf16_unsupported.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="sparselab.modeling"):
-            assert isinstance(modeling.autocast(torch.device("cuda"), "bf16"), contextlib.nullcontext)
-        assert "no bf16 arithmetic" in caplog.text
-        assert isinstance(modeling.autocast(torch.device("cpu"), "bf16"), torch.autocast)
+            assert isinstance(modeling.autocast(torch.device("cpu"), "bf16"), contextlib.nullcontext)
+        assert "this CPU has no bf16 arithmetic" in caplog.text
+        assert isinstance(modeling.autocast(torch.device("cpu"), "fp32"), contextlib.nullcontext)
     finally:
         modeling._bf16_unsupported.cache_clear()
