@@ -188,7 +188,8 @@ class PSTGroup:
     def refresh(self, keep: int) -> None:
         """Make `mask` keep the `keep` highest scores S = |W'| + A B + R 1^T + 1 C^T of every matrix.
 
-        Before the ramp (keep = numel) every weight is kept whatever S is, so S is not computed.
+        Before the ramp (keep = numel) every weight is kept whatever S is: S is not computed, and
+        W' * M is W' itself.
         On a CPU in float32, once a selection has been recorded, one kernel pass (kernels.pst_select)
         writes W' and computes S row by row, counts S in a window around each matrix's expected
         threshold (masks.SelectionWindow) and writes M and W' * M for the entries above the window;
@@ -198,10 +199,10 @@ class PSTGroup:
         Elsewhere masks.top_k_rows selects. All keep the `keep` highest, ties to the lower index.
         """
         n, numel = self.mask.shape[0], self.mask[0].numel()
-        if keep >= numel:
+        if keep >= numel:  # W' * M = W': no pass of its own
             self.effective(out=self._effective)
             self.mask.fill_(True)
-            self._update_cache()
+            self._update_cache(masked=self._effective)
             return
         scores, mask, masked = self._scores.view(n, -1), self.mask.view(n, -1), self._masked.view(n, -1)
         if self._window is None or keep <= 0:
@@ -229,7 +230,7 @@ class PSTGroup:
             for row in drop_extra_ties([scores], [mask], threshold, keep, kept.tolist()):
                 torch.mul(self._effective[row], self.mask[row], out=self._masked[row])
         self._window.record(threshold, keep, counted=aimed)
-        self._update_cache(multiply=False)
+        self._update_cache(masked=self._masked)
 
     @torch.no_grad()
     def restore(self, mask: torch.Tensor) -> None:
@@ -239,11 +240,12 @@ class PSTGroup:
         self.mask.copy_(mask)
         self._update_cache()
 
-    def _update_cache(self, multiply: bool = True) -> None:
-        """Mark W' and W' * M current, computing W' * M unless `multiply` is False (written already)."""
-        if multiply:
-            torch.mul(self._effective, self.mask, out=self._masked)
-        self._cache = (self._versions(), self._effective, self._masked)
+    def _update_cache(self, masked: torch.Tensor | None = None) -> None:
+        """Mark W' and W' * M current: W' * M is `masked` if given (written already, or W' itself
+        while every weight is kept), else computed into its buffer."""
+        if masked is None:
+            masked = torch.mul(self._effective, self.mask, out=self._masked)
+        self._cache = (self._versions(), self._effective, masked)
         self._outputs = None
 
     def _versions(self) -> tuple[int, int, int]:
