@@ -88,12 +88,21 @@ def test_lr_factor(schedule, warmup, step, expected):
 
 
 @pytest.fixture
-def cpu_bf16(monkeypatch):
+def cpu_bf16_support(monkeypatch):
+    """A function that makes this CPU look as if it had bf16 arithmetic or not, for the process's
+    check (cached) from then on until the test ends."""
+    def pretend(has_bf16: bool) -> None:
+        monkeypatch.setattr(modeling, "_cpu_has_bf16", lambda: has_bf16)
+        modeling._bf16_unsupported.cache_clear()
+
+    yield pretend
+    modeling._bf16_unsupported.cache_clear()
+
+
+@pytest.fixture
+def cpu_bf16(cpu_bf16_support):
     """bf16 autocast on this CPU whether or not it has bf16 arithmetic (then only slower)."""
-    monkeypatch.setattr(modeling, "_cpu_has_bf16", lambda: True)
-    modeling._bf16_unsupported.cache_clear()
-    yield
-    modeling._bf16_unsupported.cache_clear()
+    cpu_bf16_support(True)
 
 
 def test_bf16_autocast_keeps_masks_exact(tiny_bert, bert_prunable, tmp_path, cpu_bf16):
@@ -139,13 +148,9 @@ def test_bf16_on_a_gpu_without_it_computes_in_fp32(monkeypatch, caplog, cpu_bf16
     assert isinstance(modeling.autocast(torch.device("cpu"), "bf16"), torch.autocast)
 
 
-def test_bf16_on_a_cpu_without_it_computes_in_fp32(monkeypatch, caplog):
-    monkeypatch.setattr(modeling, "_cpu_has_bf16", lambda: False)
-    modeling._bf16_unsupported.cache_clear()
-    try:
-        with caplog.at_level(logging.WARNING, logger="sparselab.modeling"):
-            assert isinstance(modeling.autocast(torch.device("cpu"), "bf16"), contextlib.nullcontext)
-        assert "this CPU has no bf16 arithmetic" in caplog.text
-        assert isinstance(modeling.autocast(torch.device("cpu"), "fp32"), contextlib.nullcontext)
-    finally:
-        modeling._bf16_unsupported.cache_clear()
+def test_bf16_on_a_cpu_without_it_computes_in_fp32(caplog, cpu_bf16_support):
+    cpu_bf16_support(False)
+    with caplog.at_level(logging.WARNING, logger="sparselab.modeling"):
+        assert isinstance(modeling.autocast(torch.device("cpu"), "bf16"), contextlib.nullcontext)
+    assert "this CPU has no bf16 arithmetic" in caplog.text
+    assert isinstance(modeling.autocast(torch.device("cpu"), "fp32"), contextlib.nullcontext)

@@ -107,14 +107,12 @@ def _cpu_has_bf16() -> bool:
 @functools.lru_cache(maxsize=None)
 def _bf16_unsupported(device: str) -> bool:
     """A GPU without bf16 arithmetic (before Ampere), or a CPU without it: said once per process."""
-    if device == "cuda":
-        unsupported = not torch.cuda.is_bf16_supported()
-    else:
-        unsupported = device == "cpu" and not _cpu_has_bf16()
-    if unsupported:
-        kind = "GPU" if device == "cuda" else "CPU"
-        log.warning(f"this {kind} has no bf16 arithmetic: computing in fp32 instead of bf16 autocast")
-    return unsupported
+    kind, supported = {"cuda": ("GPU", torch.cuda.is_bf16_supported), "cpu": ("CPU", _cpu_has_bf16)}.get(
+        device, (device, lambda: True))
+    if not supported():
+        log.warning("this %s has no bf16 arithmetic: computing in fp32 instead of bf16 autocast", kind)
+        return True
+    return False
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
