@@ -123,6 +123,17 @@ def test_a_study_target_builds_only_that_study(tmp_path):
     assert ("compare", "") in planned and not any(rule == "aggregate" for rule, _ in planned)
 
 
+def test_a_study_can_leave_out_the_reference_without_retraining(tmp_path):
+    params = tiny_params(tmp_path)
+    params["studies"]["compare"]["pruned_reference"] = False
+    write_workdir(tmp_path, params)
+    oneshot = sorted(wildcards for rule, wildcards in planned_jobs(tmp_path) if rule == "evaluate_oneshot")
+    # curve still evaluates its magnitude masks without retraining (global/layerwise x 0.5/0.8 x
+    # unstructured, and 2:4), compare's only other one-shot method (wanda) is not
+    assert len(oneshot) == 6 and all("/magnitude/" in wildcards for wildcards in oneshot), oneshot
+    assert not any(rule == "evaluate_oneshot" for rule, _ in planned_jobs(tmp_path, "compare"))
+
+
 def test_same_params_give_identical_masks_weights_and_metrics(workdir, tmp_path):
     clone = tmp_path / "again"
     shutil.copytree(workdir, clone, symlinks=True)

@@ -31,7 +31,7 @@ rule aggregate:
 
 rule study_table:
     input:
-        records=lambda w: evaluation_targets(STUDY_RUNS[w.study]),
+        records=lambda w: evaluation_targets(STUDY_RUNS[w.study], w.study),
     output:
         table=report(
             "results/tables/{study}.csv",
@@ -40,7 +40,7 @@ rule study_table:
             labels={"table": "{study}"},
         ),
     params:
-        runs=lambda w: runs_param(STUDY_RUNS[w.study]),
+        runs=lambda w: runs_param(STUDY_RUNS[w.study], w.study),
         recipes=lambda w: recipes_param(STUDY_RUNS[w.study]),
     conda:
         "../../environment.yml"

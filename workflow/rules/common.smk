@@ -91,22 +91,31 @@ def evaluation_settings():
     return {k: v for k, v in config["evaluation"].items() if k != "epsilon"}
 
 
-def stages_of(run):
-    """The evaluations of a run: `pruned` (the dense model pruned one-shot) exists for one-shot methods."""
-    return ["pruned", "finetuned"] if one_shot(run) else ["finetuned"]
+# The runs of the studies that ask for the reference without retraining (a study's pruned_reference).
+PRUNED_REFERENCE_RUNS = {
+    run for name, runs in STUDY_RUNS.items() if config["studies"][name]["pruned_reference"] for run in runs
+}
 
 
-def evaluation_targets(runs):
-    """Every evaluation record of `runs`, and their dense runs'."""
+def stages_of(run, study=None):
+    """The evaluations of a run: `finetuned`, and `pruned` (the dense fine-tuned model pruned
+    one-shot, no retraining) for a one-shot run if `study` asks for it, or without a study, any
+    study of the run."""
+    wanted = config["studies"][study]["pruned_reference"] if study else run in PRUNED_REFERENCE_RUNS
+    return ["pruned", "finetuned"] if wanted and one_shot(run) else ["finetuned"]
+
+
+def evaluation_targets(runs, study=None):
+    """Every evaluation record of `runs` (as `study` evaluates them: stages_of), and their dense runs'."""
     targets = {f"results/eval/{run.dense_key}/finetuned.json" for run in runs}
     for run in runs:
-        targets |= {run.eval_path(stage) for stage in stages_of(run)}
+        targets |= {run.eval_path(stage) for stage in stages_of(run, study)}
     return sorted(targets)
 
 
-def runs_param(runs):
+def runs_param(runs, study=None):
     """The runs as plain dicts with the stages they were evaluated at (a rule's params)."""
-    return [{**run.as_dict(), "stages": stages_of(run)} for run in runs]
+    return [{**run.as_dict(), "stages": stages_of(run, study)} for run in runs]
 
 
 def recipes_param(runs):
