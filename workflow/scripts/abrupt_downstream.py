@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-from sparselab.logs import log_to
-from sparselab.pretraining_studies import abrupt_downstream_stage
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.pretraining_studies import abrupt_downstream_stage
+
+with job(snakemake.log[0]):
     abrupt_downstream_stage(
         Path(snakemake.input.run) / "model",
         Path(snakemake.input.data),

@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-from sparselab.logs import log_to
-from sparselab.pretraining_studies import abrupt_sparsification_stage
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.pretraining_studies import abrupt_sparsification_stage
+
+with job(snakemake.log[0]):
     abrupt_sparsification_stage(
         [Path(path) for path in snakemake.input.runs],
         [Path(path) for path in snakemake.input.downstream],

@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-from sparselab.aggregate import aggregate_stage
-from sparselab.logs import log_to
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.aggregate import aggregate_stage
+
+with job(snakemake.log[0]):
     aggregate_stage(
         snakemake.params.runs,
         snakemake.params.recipes,

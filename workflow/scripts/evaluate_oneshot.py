@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-from sparselab.logs import log_to
-from sparselab.pipeline import evaluate_oneshot_stage
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.pipeline import evaluate_oneshot_stage
+
+with job(snakemake.log[0]):
     evaluate_oneshot_stage(
         Path(snakemake.input.dense).parent,
         Path(snakemake.input.model),

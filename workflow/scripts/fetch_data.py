@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-from sparselab.data import fetch_task
-from sparselab.logs import log_to
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.data import fetch_task
+
+with job(snakemake.log[0]):
     fetch_task(snakemake.wildcards.task, snakemake.params.entry, Path(snakemake.output.data))

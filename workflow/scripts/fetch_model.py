@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
-from sparselab.fetch import fetch_model
-from sparselab.logs import log_to
+from sparselab.jobs import job, job_imports
+
+with job_imports():
+    from sparselab.fetch import fetch_model
 
 model = snakemake.wildcards.model
-with log_to(snakemake.log[0]):
+with job(snakemake.log[0]):
     fetch_model(
         snakemake.params.source,
         Path(snakemake.output.model),

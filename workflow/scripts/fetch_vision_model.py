@@ -3,10 +3,12 @@ backbone of a fine-tuned run) as a TimmWrapper folder and record hashes."""
 
 from pathlib import Path
 
-from sparselab.logs import log_to
-from sparselab.vision_models import fetch_vision_model
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.vision_models import fetch_vision_model
+
+with job(snakemake.log[0]):
     fetch_vision_model(
         snakemake.params.entry,
         Path(snakemake.output.model),

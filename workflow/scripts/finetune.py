@@ -3,10 +3,12 @@ distilled from the dense teacher when the recipe says so."""
 
 from pathlib import Path
 
-from sparselab.logs import log_to
-from sparselab.pipeline import finetune_stage
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.pipeline import finetune_stage
+
+with job(snakemake.log[0]):
     finetune_stage(
         Path(snakemake.input.model),
         Path(snakemake.input.data),

@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-from sparselab.logs import log_to
-from sparselab.mask_analysis import mask_analysis_stage
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.mask_analysis import mask_analysis_stage
+
+with job(snakemake.log[0]):
     mask_analysis_stage(
         snakemake.params.runs,
         [Path(path) for path in snakemake.input.checkpoints],

@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-from sparselab.logs import log_to
-from sparselab.ssl_study import near_zero_stage
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.ssl_study import near_zero_stage
+
+with job(snakemake.log[0]):
     near_zero_stage(
         [Path(folder) for folder in snakemake.input.models],
         snakemake.params.prunable,

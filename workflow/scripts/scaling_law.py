@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-from sparselab.logs import log_to
-from sparselab.pretraining_studies import scaling_law_stage
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.pretraining_studies import scaling_law_stage
+
+with job(snakemake.log[0]):
     scaling_law_stage(
         [Path(path) for path in snakemake.input.records],
         snakemake.params.fit,

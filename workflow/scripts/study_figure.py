@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-from sparselab.figures import study_figure
-from sparselab.logs import log_to
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.figures import study_figure
+
+with job(snakemake.log[0]):
     study_figure(
         snakemake.params.kind,
         Path(snakemake.input.table),

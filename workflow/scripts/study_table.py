@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-from sparselab.aggregate import study_table_stage
-from sparselab.logs import log_to
+from sparselab.jobs import job, job_imports
 
-with log_to(snakemake.log[0]):
+with job_imports():
+    from sparselab.aggregate import study_table_stage
+
+with job(snakemake.log[0]):
     study_table_stage(snakemake.params.runs, snakemake.params.recipes, Path(snakemake.output.table))
