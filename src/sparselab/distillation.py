@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparselab.batches import Encoded, iterate_batches
-from sparselab.modeling import autocast
+from sparselab.batches import Encoded
+from sparselab.evaluate import forward_logits
 
 
 @dataclass(frozen=True)
@@ -55,17 +55,11 @@ def distillation_loss(
     return hardness * soft + (1.0 - hardness) * task, task
 
 
-@torch.no_grad()
 def teacher_outputs(teacher: nn.Module, data: Encoded, batch_size: int, device: torch.device,
                     precision: str) -> torch.Tensor:
-    """The teacher's logits on every example of `data`, in order: (examples, classes) float32 on CPU."""
-    teacher.to(device).eval()
-    outputs = []
-    for batch in iterate_batches(data, batch_size):
-        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        with autocast(device, precision):
-            outputs.append(teacher(**batch).logits.float().cpu())
-    return torch.cat(outputs)
+    """The teacher's logits on every example of `data`, in order: (examples, classes) float32 on CPU
+    (evaluate.forward_logits: eval mode, batches of similar lengths)."""
+    return forward_logits(teacher, data, batch_size, device, precision)
 
 
 class DistillationLoss:

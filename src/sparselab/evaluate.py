@@ -15,24 +15,36 @@ from sparselab.modeling import autocast
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Encoded | ImageEncoded, batch_size: int, device: torch.device, precision: str = "fp32") -> np.ndarray:
-    """Class ids (argmax of the logits) or, for regression, the single predicted value per example.
+def forward_logits(model: nn.Module, data: Encoded | ImageEncoded, batch_size: int, device: torch.device,
+                   precision: str = "fp32") -> torch.Tensor:
+    """The model's logits on every example, (examples, classes) float32 on the CPU, in file order.
 
-    Examples run shortest first so that each batch pads little (images: in file order); predictions
-    come back in file order.
+    The model runs in eval mode, examples shortest first so that each batch pads little (images: in
+    file order): file-order batches of short reviews pad to about twice their mean length. The
+    batches depend only on the data and `batch_size`, so the logits are the same in every run.
     """
     model.to(device).eval()
     lengths = data.lengths()
     order = sorted(range(len(data)), key=lambda i: lengths[i])
-    predictions = torch.empty(len(data))
+    outputs: torch.Tensor | None = None
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         batch = data.collate(indices)
         batch.pop("labels")
+        batch.pop("teacher_logits", None)
         with autocast(device, precision):
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()  # (batch, num_labels)
-        predictions[indices] = (logits[:, 0] if data.regression else logits.argmax(dim=-1)).float().cpu()
-    return predictions.numpy()
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()  # (batch, classes)
+        if outputs is None:
+            outputs = torch.empty(len(data), logits.shape[-1])
+        outputs[indices] = logits
+    return outputs if outputs is not None else torch.empty(0, 0)
+
+
+def predict(model: nn.Module, data: Encoded | ImageEncoded, batch_size: int, device: torch.device, precision: str = "fp32") -> np.ndarray:
+    """Class ids (argmax of the logits) or, for regression, the single predicted value per example,
+    in file order."""
+    logits = forward_logits(model, data, batch_size, device, precision)
+    return (logits[:, 0] if data.regression else logits.argmax(dim=-1)).float().numpy()
 
 
 def task_metrics(
