@@ -149,7 +149,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "study_table": studies,
         "near_zero": sum(study.get("figure") == "ssl_vs_supervised" for study in config["studies"].values()),
         "study_figure": studies,
-        "scaling_run": len(grid[0]) * len(grid[1]) * len(grid[2]) if scaling else 0,
+        "scaling_run": len(grid[0]) * len(grid[1]) if scaling else 0,
         "scaling_law": 1 if scaling else 0,
         "all": 1,
     }

@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 from tiny_workflow import planned_jobs, small_params, snakemake, write_workdir
 
+from sparselab.io import read_json
+from sparselab.pretraining_studies import scaling_run_stage
+
 pytestmark = pytest.mark.workflow
 
 SCALING = {"model": "tiny", "task": "toy", "widths": [16, 32], "heads": 2, "sparsities": [0.0, 0.75],
@@ -49,6 +52,24 @@ def test_scaling_grid_records_and_fit(workdir):
     assert (coefficients["low"] <= coefficients["high"]).all()
     for suffix in ("png", "pdf"):
         assert (workdir / f"results/figures/scaling_law.{suffix}").stat().st_size > 1000
+
+
+def test_a_grid_job_trains_each_length_as_a_run_of_its_own(workdir, tmp_path):
+    """One job trains every length of a width and sparsity; each from scratch, on its own schedule:
+    the 40-step record after a 20-step run is that of the 40-step run alone."""
+    settings = {"width": 16, "sparsity": 0.75, "layers": 2, "heads": 2, "batch_size": 8, "max_length": 16,
+                "learning_rate": 1e-3, "warmup_steps": 2, "vocab_size": 16, "seed": 0, "gmp_frequency": 2}
+    model, data = workdir / "resources/models/tiny", workdir / "resources/data/toy"
+    grouped = [tmp_path / "n20.json", tmp_path / "n40.json"]
+    scaling_run_stage(model, data, grouped, settings, [20, 40], threads=1)
+    scaling_run_stage(model, data, [tmp_path / "alone.json"], settings, [40], threads=1)
+    records = [read_json(path) for path in (*grouped, tmp_path / "alone.json")]
+    assert [record["steps"] for record in records] == [20, 40, 40]
+    for record in records:
+        record.pop("wall_seconds")
+    assert records[1] == records[2]
+    with pytest.raises(ValueError, match="2 record paths for 1 training lengths"):
+        scaling_run_stage(model, data, grouped, settings, [20], threads=1)
 
 
 def test_abrupt_sparsification_tables_and_figure(workdir):

@@ -55,21 +55,28 @@ def pretrain_config(settings: dict, **overrides) -> PretrainConfig:
                           num_heads=values.pop("heads"), **values)
 
 
-def scaling_run_stage(model_dir: Path, data_dir: Path, out_path: Path, settings: dict, threads: int) -> None:
-    """Pre-train one point of the grid; record S, N, D and the final losses."""
+def scaling_run_stage(model_dir: Path, data_dir: Path, out_paths: list[Path], settings: dict, steps: list[int],
+                      threads: int) -> None:
+    """Pre-train the grid's points of one width and sparsity, one run per training length in
+    `steps` (each its own schedule, from scratch); record each run's S, N, D and final losses in
+    the matching `out_paths` entry. One job trains them all: a job's start (importing torch and
+    transformers, reading the corpus) costs about as much as a short run."""
+    if len(out_paths) != len(steps):
+        raise ValueError(f"{len(out_paths)} record paths for {len(steps)} training lengths")
     configure_threads(threads)
     verify_record(model_dir)
     verify_record(data_dir)
-    config = pretrain_config(settings)
-    result = pretrain(corpus(data_dir, "train"), corpus(data_dir, "validation"), load_tokenizer(model_dir), config,
-                      device=pick_device())
-    write_json(out_path, {
-        "width": settings["width"], "layers": settings["layers"], "sparsity": config.sparsity,
-        "steps": config.steps, "achieved_sparsity": result.sparsity,
-        "N": result.nonzero_non_embedding_params / 1e6, "D": result.tokens_seen / 1e6,
-        "non_embedding_params": result.non_embedding_params, "eval_loss": result.eval_loss,
-        "train_loss": result.train_loss, "wall_seconds": result.wall_seconds,
-    })
+    texts, eval_texts, tokenizer = corpus(data_dir, "train"), corpus(data_dir, "validation"), load_tokenizer(model_dir)
+    for out_path, length in zip(out_paths, steps):
+        config = pretrain_config(settings, steps=length)
+        result = pretrain(texts, eval_texts, tokenizer, config, device=pick_device())
+        write_json(out_path, {
+            "width": settings["width"], "layers": settings["layers"], "sparsity": config.sparsity,
+            "steps": config.steps, "achieved_sparsity": result.sparsity,
+            "N": result.nonzero_non_embedding_params / 1e6, "D": result.tokens_seen / 1e6,
+            "non_embedding_params": result.non_embedding_params, "eval_loss": result.eval_loss,
+            "train_loss": result.train_loss, "wall_seconds": result.wall_seconds,
+        })
 
 
 def scaling_law_stage(records: list[Path], fit_settings: dict, points_csv: Path, coefficients_csv: Path,

@@ -213,9 +213,9 @@ def scaling_records():
 
 
 def scaling_settings(wildcards):
-    """The PretrainConfig settings of one grid point."""
+    """The PretrainConfig settings of one width and sparsity of the grid (the length is each run's)."""
     return {**{key: SCALING[key] for key in PRETRAIN_KEYS}, "gmp_frequency": SCALING["gmp_frequency"],
-            "width": int(wildcards.width), "sparsity": float(wildcards.sparsity), "steps": int(wildcards.steps)}
+            "width": int(wildcards.width), "sparsity": float(wildcards.sparsity)}
 
 
 def abrupt_settings():

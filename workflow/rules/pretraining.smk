@@ -4,18 +4,20 @@
 
 if SCALING:
 
+    # One job per width and sparsity trains every length of the grid (a job's start-up costs
+    # about as much as a short run).
     rule scaling_run:
         input:
             model=f"resources/models/{SCALING['model']}",
             data=f"resources/data/{SCALING['task']}",
         output:
-            record="results/scaling/w{width}/s{sparsity}/n{steps}/record.json",
+            records=expand("results/scaling/w{{width}}/s{{sparsity}}/n{steps}/record.json", steps=SCALING["steps"]),
         params:
             settings=scaling_settings,
+            steps=SCALING["steps"],
         wildcard_constraints:
             width=r"\d+",
             sparsity=r"[0-9.]+",
-            steps=r"\d+",
         threads: 1
         resources:
             mem_mb=4000,
@@ -23,7 +25,7 @@ if SCALING:
         conda:
             "../../environment.yml"
         log:
-            "results/logs/scaling_run/w{width}-s{sparsity}-n{steps}.log",
+            "results/logs/scaling_run/w{width}-s{sparsity}.log",
         script:
             "../scripts/scaling_run.py"
 
