@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
+import docutils.core
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +45,13 @@ def test_every_rule_has_a_log_and_a_script():
             name = block.split(":", 1)[0]
             assert "\n    log:" in block, f"{rule_file.name}: {name} has no log"
             assert "\n    script:" in block, f"{rule_file.name}: {name} has no script"
+
+
+@pytest.mark.parametrize("caption", sorted((ROOT / "workflow/report").glob("*.rst")), ids=lambda path: path.name)
+def test_report_captions_are_valid_restructured_text(caption):
+    """Snakemake renders each caption with docutils: a stray |x| is a substitution reference, and
+    its error message would be printed into the report in place of the text."""
+    warnings = io.StringIO()
+    docutils.core.publish_string(caption.read_text(), writer="html",
+                                 settings_overrides={"warning_stream": warnings, "report_level": 2})
+    assert warnings.getvalue() == ""
