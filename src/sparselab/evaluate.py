@@ -26,7 +26,7 @@ def forward_logits(model: nn.Module, data: Encoded | ImageEncoded, batch_size: i
     model.to(device).eval()
     lengths = data.lengths()
     order = sorted(range(len(data)), key=lambda i: lengths[i])
-    outputs: torch.Tensor | None = None
+    outputs = torch.empty(len(data), model.config.num_labels)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         batch = data.collate(indices)
@@ -34,10 +34,8 @@ def forward_logits(model: nn.Module, data: Encoded | ImageEncoded, batch_size: i
         batch.pop("teacher_logits", None)
         with autocast(device, precision):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()  # (batch, classes)
-        if outputs is None:
-            outputs = torch.empty(len(data), logits.shape[-1])
         outputs[indices] = logits
-    return outputs if outputs is not None else torch.empty(0, 0)
+    return outputs
 
 
 def predict(model: nn.Module, data: Encoded | ImageEncoded, batch_size: int, device: torch.device, precision: str = "fp32") -> np.ndarray:
