@@ -31,7 +31,6 @@ def forward_logits(model: nn.Module, data: Encoded | ImageEncoded, batch_size: i
         indices = order[start : start + batch_size]
         batch = data.collate(indices)
         batch.pop("labels")
-        batch.pop("teacher_logits", None)
         with autocast(device, precision):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()  # (batch, classes)
         outputs[indices] = logits
