@@ -311,6 +311,19 @@ def test_selection_window_by_hand():
     torch.testing.assert_close(window.high - window.low, torch.tensor([24.0, 16.0]))  # 4 x 3 either side
 
 
+def test_selection_window_finds_the_answer_among_unordered_and_tied_entries():
+    # row 0: 1 entry above the window, 5 inside in no order; keep 4 is the 3rd largest inside, 2.0
+    # (tied); row 1: 2 above, 3 equal inside: the answer is that value
+    window = SelectionWindow(2, capacity=8)
+    window.values[0, :5] = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0])
+    window.values[1, :3] = torch.tensor([4.0, 4.0, 4.0])
+    window.counts.copy_(torch.tensor([[1, 6, 0], [2, 5, 0]]))
+    threshold, missed = window.resolve(4)
+    assert missed == [] and threshold.tolist() == [2.0, 4.0]
+    threshold, missed = window.resolve(6)  # row 0: the smallest inside; row 1: below its window
+    assert missed == [1] and threshold[0] == 1.0 and threshold[1].isnan()
+
+
 def test_selection_window_reports_misses_and_overflows():
     scores = torch.arange(100.0).repeat(3, 1)
     window = SelectionWindow(3, capacity=4)

@@ -16,6 +16,8 @@
   W' * M of every entry above the window. `admit_window` then adds the window's entries at or
   above the threshold: the mask costs no pass of its own. A matrix whose threshold the window
   missed gets S from `pst_scores` and its mask from `keep_above`.
+- `window_thresholds`: the answer of each matrix's window (masks.SelectionWindow.resolve), all
+  matrices in one call.
 - `count_above`: the counting pass of masks.top_k_parts' threshold search, ~2x faster than
   numpy's compare-and-count (no temporary), for the callers that select every step.
 
@@ -137,68 +139,77 @@ _CHUNK = 8
 
 
 @numba.njit(inline="always")
-def _chunk(left: np.ndarray, right: np.ndarray, first: int) -> tuple:
-    """Coefficients left[first : first + _CHUNK] (rank,) and rows right[...] (rank x in) of one
-    pass; past the rank, coefficient 0 and row 0 (rows of the same array: no extra stream)."""
-    rank, zero = left.shape[0], np.float32(0.0)
+def _chunk(left: np.ndarray, rank: int, first: int) -> tuple:
+    """Coefficients left[first : first + _CHUNK] of one pass and the rows of the right factor they
+    multiply; past the rank, coefficient 0 and the last row (no extra stream).
+
+    The right factor (rank x in) is indexed as one 2-D array: eight rows taken as separate arrays
+    are eight pointers the compiler must check for overlap with the row written, more than it
+    checks before it vectorizes a loop (1.3-1.7x slower)."""
+    zero = np.float32(0.0)
 
     def at(r):
-        return (left[r], right[r]) if r < rank else (zero, right[0])
+        return (left[r], r) if r < rank else (zero, rank - 1)
 
-    (p0, x0), (p1, x1), (p2, x2), (p3, x3) = at(first), at(first + 1), at(first + 2), at(first + 3)
-    (p4, x4), (p5, x5), (p6, x6), (p7, x7) = at(first + 4), at(first + 5), at(first + 6), at(first + 7)
-    return (p0, p1, p2, p3, p4, p5, p6, p7), (x0, x1, x2, x3, x4, x5, x6, x7)
+    (p0, r0), (p1, r1), (p2, r2), (p3, r3) = at(first), at(first + 1), at(first + 2), at(first + 3)
+    (p4, r4), (p5, r5), (p6, r6), (p7, r7) = at(first + 4), at(first + 5), at(first + 6), at(first + 7)
+    return (p0, p1, p2, p3, p4, p5, p6, p7), (r0, r1, r2, r3, r4, r5, r6, r7)
 
 
 @numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False, inline="always")
-def _sum8(P: tuple, X: tuple, i: int) -> float:
+def _sum8(P: tuple, X: np.ndarray, rows: tuple, i: int) -> float:
     p0, p1, p2, p3, p4, p5, p6, p7 = P
-    x0, x1, x2, x3, x4, x5, x6, x7 = X
-    return (p0 * x0[i] + p1 * x1[i] + p2 * x2[i] + p3 * x3[i]) + (p4 * x4[i] + p5 * x5[i] + p6 * x6[i] + p7 * x7[i])
+    r0, r1, r2, r3, r4, r5, r6, r7 = rows
+    return ((p0 * X[r0, i] + p1 * X[r1, i] + p2 * X[r2, i] + p3 * X[r3, i])
+            + (p4 * X[r4, i] + p5 * X[r5, i] + p6 * X[r6, i] + p7 * X[r7, i]))
 
 
 @numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False)
 def _effective_row(e: np.ndarray, w: np.ndarray, u: np.ndarray, V: np.ndarray) -> None:
     """e = w + u V for one row: (in,), (in,), (r_w,), (r_w, in); one pass per _CHUNK ranks."""
-    P, X = _chunk(u, V, 0)
+    rank = u.shape[0]
+    P, rows = _chunk(u, rank, 0)
     for i in range(e.shape[0]):
-        e[i] = w[i] + _sum8(P, X, i)
-    for first in range(_CHUNK, u.shape[0], _CHUNK):
-        P, X = _chunk(u, V, first)
+        e[i] = w[i] + _sum8(P, V, rows, i)
+    for first in range(_CHUNK, rank, _CHUNK):
+        P, rows = _chunk(u, rank, first)
         for i in range(e.shape[0]):
-            e[i] += _sum8(P, X, i)
+            e[i] += _sum8(P, V, rows, i)
 
 
 @numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False)
 def _score_row(s: np.ndarray, e: np.ndarray, a: np.ndarray, B: np.ndarray, r: float, c: np.ndarray) -> None:
     """s = |e| + a B + r + c for one row: (in,), (in,), (r_m,), (r_m, in), scalar, (in,)."""
-    P, X = _chunk(a, B, 0)
+    rank = a.shape[0]
+    P, rows = _chunk(a, rank, 0)
     for i in range(s.shape[0]):
-        s[i] = abs(e[i]) + r + c[i] + _sum8(P, X, i)
-    for first in range(_CHUNK, a.shape[0], _CHUNK):
-        P, X = _chunk(a, B, first)
+        s[i] = abs(e[i]) + r + c[i] + _sum8(P, B, rows, i)
+    for first in range(_CHUNK, rank, _CHUNK):
+        P, rows = _chunk(a, rank, first)
         for i in range(s.shape[0]):
-            s[i] += _sum8(P, X, i)
+            s[i] += _sum8(P, B, rows, i)
 
 
 @numba.njit(fastmath=_FINITE_AGNOSTIC, boundscheck=False)
 def _count_and_keep_row(s: np.ndarray, e: np.ndarray, low: float, high: float, m: np.ndarray, w: np.ndarray
                         ) -> tuple:
-    """(#entries > high, #entries > low, #NaN) of one row of scores s, and m = s > high,
-    w = e where kept else 0: one pass (two took 1.3x as long).
+    """(#entries > high, #entries > low, #NaN) of one row of scores s, and m = s > high (m: the
+    mask row's bytes, uint8), w = e where kept else 0: one pass (two took 1.3x as long).
 
-    w = e * float(keep) rather than a choice between e and 0, which compiles to a branch taken at
-    random (half of the entries near a mask's sparsity): 1.7x slower."""
-    above_high = above_low = nan = 0
+    w = e * keep rather than a choice between e and 0, which compiles to a branch taken at random
+    (half of the entries near a mask's sparsity): 1.7x slower. The counts are float32 sums of
+    0/1, exact for rows of up to 2^24 entries: one vector type for the whole loop, ~1.2x faster
+    than int32 counts beside float32 values."""
+    above_high = above_low = nan = np.float32(0.0)
     for i in range(s.shape[0]):
         value = s[i]
-        keep = np.int32(value > high)
-        m[i] = keep
-        w[i] = np.float32(keep) * e[i]
+        keep = np.float32(value > high)
+        m[i] = np.uint8(keep)
+        w[i] = keep * e[i]
         above_high += keep
-        above_low += np.int32(value > low)
-        nan += np.int32(value != value)
-    return above_high, above_low, nan
+        above_low += np.float32(value > low)
+        nan += np.float32(value != value)
+    return int(above_high), int(above_low), int(nan)
 
 
 # Entries per piece of a row that _collect_row skips when it holds none of the window's entries.
@@ -268,11 +279,12 @@ def _select(weight, U, V, A, B, R, C, effective, mask, masked, low, high, values
     for k in prange(n):
         s = np.empty(columns, np.float32)  # S of one row: counted and compared in cache, never written
         above_high = above_low = nan = filled = 0
+        mask_bytes = mask[k].view(np.uint8)
         for o in range(out):
             e = effective[k, o]
             _effective_row(e, weight[k, o], U[k, o], V[k])
             _score_row(s, e, A[k, o], B[k], R[k, o], C[k])
-            row_high, row_low, row_nan = _count_and_keep_row(s, e, low[k], high[k], mask[k, o], masked[k, o])
+            row_high, row_low, row_nan = _count_and_keep_row(s, e, low[k], high[k], mask_bytes[o], masked[k, o])
             above_high, above_low, nan = above_high + row_high, above_low + row_low, nan + row_nan
             if row_low > row_high and filled < values.shape[1]:
                 filled = _collect_row(s, low[k], high[k], row_low - row_high, values[k], positions[k], o * columns,
@@ -294,6 +306,22 @@ def pst_select(weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, A: torch.
     _select(*(t.detach().contiguous().numpy() for t in (weight, U, V, A, B, R, C)), effective.numpy(),
             mask.numpy(), masked.numpy(), window.low.numpy(), window.high.numpy(), window.values.numpy(),
             window.positions.numpy(), window.counts.numpy())
+
+
+@numba.njit(boundscheck=False, cache=True)
+def _window_thresholds(values, sizes, ranks, hit, thresholds) -> None:
+    for row in range(values.shape[0]):
+        if hit[row]:
+            place = sizes[row] - ranks[row]  # of the answer among the entries in ascending order
+            thresholds[row] = np.partition(values[row, : sizes[row]], place)[place]
+
+
+def window_thresholds(values: torch.Tensor, sizes: torch.Tensor, ranks: torch.Tensor, hit: torch.Tensor,
+                      thresholds: torch.Tensor) -> None:
+    """thresholds[row] = the ranks[row]-th largest of values[row, :sizes[row]] for the rows where
+    `hit` (n,) is true; values, thresholds float32 (n, capacity) and (n,), sizes and ranks int64
+    (n,). One call for all rows: a torch.kthvalue per row cost ~20 us each, and more around it."""
+    _window_thresholds(values.numpy(), sizes.numpy(), ranks.numpy(), hit.numpy(), thresholds.numpy())
 
 
 @numba.njit(boundscheck=False, parallel=True, cache=True)
