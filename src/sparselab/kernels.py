@@ -145,7 +145,7 @@ def _chunk(left: np.ndarray, rank: int, first: int) -> tuple:
 
     The right factor (rank x in) is indexed as one 2-D array: eight rows taken as separate arrays
     are eight pointers the compiler must check for overlap with the row written, more than it
-    checks before it vectorizes a loop (1.3-1.7x slower)."""
+    checks before it vectorizes a loop (up to 1.7x slower)."""
     zero = np.float32(0.0)
 
     def at(r):
